@@ -1,0 +1,37 @@
+"""Tests run against the patched tree, as a user has it after `git apply patches/*`.
+
+MINDNLP_TREE names a tree to test (scripts/verify.sh passes the one it applied); otherwise the
+current overlay is exported and applied to the base by scripts/series.py (cached by content).
+"""
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _patched_tree():
+    tree = os.environ.get("MINDNLP_TREE")
+    if tree:
+        return os.path.abspath(tree)
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "series.py"), "patched"],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError("could not build the patched tree:\n" + proc.stderr)
+    return proc.stdout.strip()
+
+
+TREE = _patched_tree()
+os.environ["MINDNLP_TREE"] = TREE  # subprocesses started by tests use the same tree
+sys.path.insert(0, TREE)
+sys.path.insert(0, os.path.join(ROOT, "eval"))
+
+import mindspore  # noqa: E402
+
+mindspore.set_device("CPU")
+mindspore.runtime.launch_blocking()
+
+import mindnlp  # noqa: E402
+
+if not os.path.abspath(mindnlp.__file__).startswith(TREE + os.sep):
+    raise RuntimeError(f"mindnlp was imported from {mindnlp.__file__}, not from the patched tree {TREE}")
