@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 import zipfile
 
@@ -346,8 +347,9 @@ def patched_tree():
             export(os.path.join(tmp, "patches"))
             apply_series(dest + ".tmp", os.path.join(tmp, "patches"))
         os.replace(dest + ".tmp", dest)
-        for old in sorted(glob.glob(os.path.join(PATCHED_ROOT, "*")), key=os.path.getmtime)[:-3]:
-            if old != dest:
+        # Trees other runs may still import from stay a day; older ones go.
+        for old in glob.glob(os.path.join(PATCHED_ROOT, "*")):
+            if old != dest and time.time() - os.path.getmtime(old) > 86400:
                 shutil.rmtree(old, ignore_errors=True)
     return dest
 

@@ -1,13 +1,8 @@
-"""Accelerated inference for mindnlp: our model implementations registered over stock classes."""
-import os
+"""Accelerated inference for mindnlp: our model implementations registered over stock classes.
 
+``mindnlp/transformers/__init__.py`` ends with the hook
+``from mindnlp.accel import install as _install_accel; _install_accel()``; MINDNLP_ACCEL=0 keeps stock everywhere.
+"""
+from .registry import accelerated_class, enabled, install, stock_class, uninstall
 
-def enabled():
-    """True unless the environment sets MINDNLP_ACCEL=0."""
-    return os.environ.get("MINDNLP_ACCEL", "1") != "0"
-
-
-def install():
-    """Register our implementations over the stock classes; a no-op when disabled."""
-    if not enabled():
-        return
+__all__ = ["accelerated_class", "enabled", "install", "stock_class", "uninstall"]

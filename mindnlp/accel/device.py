@@ -1,0 +1,84 @@
+"""Which backend we run on, and the choice between a fused Ascend kernel and its portable twin.
+
+A fused kernel is trusted only after it has run once on this device, on small random inputs, and
+agreed with its twin within the tolerance its caller states. The decision is made once per kernel
+name and kept for the life of the process, so the check costs one host sync at warm-up and nothing
+afterwards. Setting the environment variable MINDNLP_ACCEL_FUSED=0 forces every twin.
+"""
+import os
+import warnings
+from typing import Callable, Dict, Tuple
+
+import numpy as np
+import mindspore
+
+FUSED_ENV = "MINDNLP_ACCEL_FUSED"
+
+_chosen: Dict[str, Callable] = {}
+
+
+def device_target() -> str:
+    """The backend MindSpore dispatches to: "Ascend", "CPU" or "GPU"."""
+    return mindspore.get_context("device_target")
+
+
+def on_ascend() -> bool:
+    return device_target() == "Ascend"
+
+
+def fused_enabled() -> bool:
+    """Whether fused kernels may be tried at all: on Ascend, unless MINDNLP_ACCEL_FUSED=0."""
+    return os.environ.get(FUSED_ENV, "1") != "0" and on_ascend()
+
+
+def choose(name: str, fused_fn: Callable, twin_fn: Callable, make_inputs: Callable[[], tuple],
+           atol: float = 0.0, rtol: float = 0.0) -> Callable:
+    """Return `fused_fn` if it runs here and matches `twin_fn` on `make_inputs()`, else `twin_fn`.
+
+    `name` identifies the kernel and everything that changes its numerics (dtype, layout, mode):
+    the first call with a name decides, later calls return the same function. Off Ascend, or with
+    MINDNLP_ACCEL_FUSED=0, the twin is returned without trying the fused kernel. A fused kernel
+    that raises, returns other shapes, or differs beyond `atol` + `rtol` * |twin| is rejected
+    with one RuntimeWarning.
+    """
+    if name in _chosen:
+        return _chosen[name]
+    if not fused_enabled():
+        return twin_fn
+    inputs = make_inputs()
+    expected = _as_arrays(twin_fn(*inputs))
+    try:
+        got = _as_arrays(fused_fn(*inputs))
+        problem = _mismatch(got, expected, atol, rtol)
+    except Exception as err:  # noqa: BLE001 - any failure of the fused kernel means "use the twin"
+        problem = f"raised {type(err).__name__}: {err}"
+    if problem is None:
+        _chosen[name] = fused_fn
+    else:
+        warnings.warn(f"mindnlp.accel: fused kernel {name!r} {problem}; using its portable twin",
+                      RuntimeWarning, stacklevel=2)
+        _chosen[name] = twin_fn
+    return _chosen[name]
+
+
+def reset_choices() -> None:
+    """Forget every decision, so the next `choose` checks again (tests, or after a device change)."""
+    _chosen.clear()
+
+
+def _as_arrays(out) -> Tuple[np.ndarray, ...]:
+    outs = out if isinstance(out, (tuple, list)) else (out,)
+    # bf16 has no NumPy type: compare in fp32, which holds every bf16 and fp16 value exactly.
+    return tuple(o.astype(mindspore.float32).asnumpy() for o in outs)
+
+
+def _mismatch(got, expected, atol, rtol):
+    if len(got) != len(expected):
+        return f"returned {len(got)} outputs, expected {len(expected)}"
+    for g, e in zip(got, expected):
+        if g.shape != e.shape:
+            return f"returned shape {g.shape}, expected {e.shape}"
+        if not np.allclose(g, e, atol=atol, rtol=rtol):
+            worst = float(np.nanmax(np.abs(g - e))) if np.isfinite(g).all() else float("nan")
+            return f"differs from its twin (max abs diff {worst:.3g}, atol {atol}, rtol {rtol})"
+    return None

@@ -1,0 +1,160 @@
+"""Causal self-attention for prefill and decode, GQA without repeating K/V, over a static cache.
+
+Numerics of the default (eager) path are stock's eager attention, op for op: scores = q @ k^T in
+the activation dtype, divided (not multiplied) by sqrt(head_dim) after the matmul, plus an additive
+mask holding 0 or the dtype's min, softmax in fp32, cast back, then @ v. Grouping query heads by
+their KV head ([B, kv_heads, groups * S, D]) only changes which rows share a matmul call, not any
+dot product. The fused Ascend kernels (flash_attention_score for prefill, incre_flash_attention for
+decode) compute the softmax differently, so they are opt-in (`fused=True`) and still pass the
+on-device self-check before use.
+"""
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import mindspore
+from mindspore import Tensor
+from mindnlp.core import nn, ops
+from mindnlp.core.nn import functional as F
+
+from ..device import choose
+from .linear import Linear
+from .rotary import apply_rotary
+
+# The self-check of a fused attention kernel looks for wrong layouts, masks or scales (errors of
+# order 1), not for bit parity, which fused kernels do not have: bf16 outputs agree to about 1e-2.
+FUSED_ATOL = 2e-2
+FUSED_RTOL = 2e-2
+
+
+class AttentionMask(NamedTuple):
+    """One mask in the two forms the kernels take, both [B, 1, S, T]."""
+    additive: Tensor  # activation dtype: 0 where visible, the dtype's min where hidden (stock's form)
+    hidden: Tensor  # bool: True where hidden (the fused kernels' form)
+
+
+def build_attention_mask(valid: Tensor, query_slots: Tensor, dtype) -> AttentionMask:
+    """Causal + padding mask, built once per forward and shared by all layers.
+
+    valid: [B, T], nonzero where key slot t holds a real token (0 for padding or empty slots).
+    query_slots: int [S], the slot of each query. Query i sees key t iff valid[b, t] and t <= slot i.
+    For a prompt alone, pass the 2-D attention_mask and arange(S); for decode over a static cache,
+    the cache's valid flags and the current slot (see StaticKVCache.attention_mask).
+    """
+    batch, length = valid.shape
+    steps = query_slots.shape[0]
+    key_slots = ops.arange(length, dtype=mindspore.int32).reshape(1, length)
+    causal = key_slots <= query_slots.astype(mindspore.int32).reshape(steps, 1)
+    visible = ops.logical_and((valid != 0).reshape(batch, 1, 1, length), causal.reshape(1, 1, steps, length))
+    hidden = ops.logical_not(visible)
+    additive = ops.masked_fill(ops.zeros((batch, 1, steps, length), dtype=dtype), hidden,
+                               float(ops.finfo(dtype).min))
+    return AttentionMask(additive, hidden)
+
+
+def attention_eager(q, k, v, mask: AttentionMask):
+    """q [B, N, S, D], k/v [B, KV, T, D] (N a multiple of KV) -> [B, N, S, D], stock's arithmetic."""
+    batch, heads, steps, dim = q.shape
+    kv_heads, length = k.shape[1], k.shape[2]
+    groups = heads // kv_heads
+    # Query head n uses KV head n // groups, as repeat_kv arranges it: [B, KV, groups * S, D].
+    scores = ops.matmul(q.reshape(batch, kv_heads, groups * steps, dim), k.swapaxes(2, 3)) / math.sqrt(dim)
+    scores = scores.reshape(batch, kv_heads, groups, steps, length) + mask.additive.unsqueeze(2)
+    probs = F.softmax(scores, dim=-1, dtype=mindspore.float32).to(q.dtype)
+    out = ops.matmul(probs.reshape(batch, kv_heads, groups * steps, length), v)
+    return out.reshape(batch, heads, steps, dim)
+
+
+def attention_prefill_fused(q, k, v, mask: AttentionMask):
+    """Ascend FlashAttentionScore, BNSD, scale 1/sqrt(D) inside the kernel; native GQA.
+
+    Stock LLM attention divides the bf16 scores after the matmul, which no placement of the scale
+    in this kernel reproduces exactly. (Pre-scaling q and k by D ** -0.25 matched stock only in
+    vision towers whose stock code itself pre-scales both, such as Janus's SigLIP.)
+    """
+    return mindspore.ops.flash_attention_score(
+        q, k, v, q.shape[1], attn_mask=mask.hidden, scalar_value=1.0 / math.sqrt(q.shape[-1]),
+        input_layout="BNSD")
+
+
+def attention_decode_fused(q, k, v, mask: AttentionMask):
+    """Ascend IncreFlashAttention for one query step over the whole cache, BNSD; native GQA."""
+    return mindspore.ops.incre_flash_attention(
+        q, [k], [v], attn_mask=mask.hidden, num_heads=q.shape[1], input_layout="BNSD",
+        scale_value=1.0 / math.sqrt(q.shape[-1]), num_key_value_heads=k.shape[1])
+
+
+def attend(q, k, v, mask: AttentionMask, fused: bool = False):
+    """Attention core: the eager path, or with `fused` the checked Ascend kernel for this step kind."""
+    if mask.additive.shape[-2:] != (q.shape[2], k.shape[2]):
+        raise ValueError(f"mask {tuple(mask.additive.shape)} does not fit {q.shape[2]} queries "
+                         f"over {k.shape[2]} keys")
+    if not fused:
+        return attention_eager(q, k, v, mask)
+    heads, dim, kv_heads = q.shape[1], q.shape[3], k.shape[1]
+    decode = q.shape[2] == 1
+    kernel = attention_decode_fused if decode else attention_prefill_fused
+    name = f"{kernel.__name__}/{q.dtype}/{heads}x{kv_heads}x{dim}"
+    return choose(name, kernel, attention_eager, lambda: _check_inputs(decode, heads, kv_heads, dim, q.dtype),
+                  atol=FUSED_ATOL, rtol=FUSED_RTOL)(q, k, v, mask)
+
+
+def _check_inputs(decode: bool, heads: int, kv_heads: int, dim: int, dtype):
+    """Small inputs for the self-check. Decode has a padded slot 0; prefill is causal only, since a
+    fully hidden query row (left padding) has no defined answer and the kernels legitimately differ."""
+    length = 16
+    steps = 1 if decode else length
+    q = ops.randn(2, heads, steps, dim).to(dtype)
+    k = ops.randn(2, kv_heads, length, dim).to(dtype)
+    v = ops.randn(2, kv_heads, length, dim).to(dtype)
+    valid = ops.ones((2, length), dtype=mindspore.int32)
+    if decode:
+        valid[0, 0] = 0
+        slots = Tensor([length - 1], mindspore.int32)
+    else:
+        slots = ops.arange(length, dtype=mindspore.int32)
+    return q, k, v, build_attention_mask(valid, slots, dtype)
+
+
+class Attention(nn.Module):
+    """Rotary self-attention with Hugging Face parameter names (q_proj, k_proj, v_proj, o_proj).
+
+    forward(hidden_states [B, S, hidden], position_embeddings (cos, sin) each [B, S, head_dim],
+            mask AttentionMask [B, 1, S, T], cache StaticKVCache or None, cache_write CacheWrite,
+            kv_len host int or None) -> [B, S, hidden].
+    Without a cache the queries attend to their own keys (T = S). With one, this step's keys and
+    values are written at cache_write.slots and the queries attend to the cache's first kv_len
+    slots (all max_len if None; T must match the mask).
+    """
+
+    def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: Optional[int] = None,
+                 head_dim: Optional[int] = None, qkv_bias: bool = False, o_bias: bool = False,
+                 layer_idx: int = 0, fused: bool = False):
+        super().__init__()
+        num_kv_heads = num_kv_heads or num_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
+        head_dim = head_dim or hidden_size // num_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.layer_idx, self.fused = layer_idx, fused
+        self.q_proj = Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
+        self.k_proj = Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.v_proj = Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        self.o_proj = Linear(num_heads * head_dim, hidden_size, bias=o_bias)
+
+    def forward(self, hidden_states, position_embeddings: Tuple[Tensor, Tensor], mask: AttentionMask,
+                cache=None, cache_write=None, kv_len: Optional[int] = None):
+        batch, steps, _ = hidden_states.shape
+        cos, sin = position_embeddings
+        q = self.q_proj(hidden_states).reshape(batch, steps, self.num_heads, self.head_dim)
+        k = self.k_proj(hidden_states).reshape(batch, steps, self.num_kv_heads, self.head_dim)
+        v = self.v_proj(hidden_states).reshape(batch, steps, self.num_kv_heads, self.head_dim)
+        # Rotation is elementwise, so applying it in [B, S, N, D] before the transpose is stock's result.
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        q, k, v = q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2)
+        if cache is not None:
+            if cache_write is None:
+                raise ValueError("Attention with a cache needs cache_write (cache.prepare(slots))")
+            cache.write(self.layer_idx, cache_write, k, v)
+            k, v = cache.read(self.layer_idx, kv_len)
+        out = attend(q, k, v, mask, fused=self.fused)
+        return self.o_proj(out.swapaxes(1, 2).reshape(batch, steps, self.num_heads * self.head_dim))

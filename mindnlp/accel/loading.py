@@ -1,0 +1,223 @@
+"""Hugging Face checkpoint tensors into our stacked and fused layouts, one slice at a time.
+
+A checkpoint stores every expert's projections as separate Linear weights
+(`mlp.experts.{j}.gate_proj.weight`, [out, in]). Our layers hold them stacked and
+transposed once, in the layout the matmuls read (`gate_up_weight` [E, in, 2*out]).
+Each checkpoint tensor is copied into its slice of the preallocated parameter as it
+arrives and then dropped, so a load never holds a second copy of the expert weights.
+A module built this way subclasses `SlotLoadedModule` and lists its `checkpoint_slots`;
+a PreTrainedModel that contains such modules adds `StackedCheckpointMixin`, which makes
+a missing slot an error and saves in Hugging Face names again.
+"""
+import re
+from dataclasses import dataclass
+from typing import Dict, Iterator, List, Optional, Tuple
+
+import mindspore
+
+from mindnlp.core import nn
+
+_EXPERT_FIELD = "{expert}"
+
+
+@dataclass(frozen=True)
+class CheckpointSlot:
+    """Where one checkpoint tensor goes.
+
+    name: the checkpoint name relative to the module; `{expert}` stands for the expert index
+        in stacked modules.
+    param: our parameter that receives it, transposed ([out, in] -> [in, out]).
+    block, blocks: it fills column block `block` of `blocks` equal blocks of the last axis
+        (gate and up share one parameter, gate first, as the fused matmul splits it).
+    """
+
+    name: str
+    param: str
+    block: int = 0
+    blocks: int = 1
+
+    @property
+    def pattern(self) -> "re.Pattern":
+        head, _, tail = self.name.partition(_EXPERT_FIELD)
+        if not _:
+            return re.compile(re.escape(self.name))
+        return re.compile(re.escape(head) + r"(?P<expert>\d+)" + re.escape(tail))
+
+    def key(self, expert: Optional[int]) -> str:
+        return self.name.format(expert=expert) if expert is not None else self.name
+
+
+def gated_mlp_slots(prefix: str = "") -> Tuple[CheckpointSlot, ...]:
+    """Slots of a gate/up/down MLP whose checkpoint names start with `prefix`."""
+    return (
+        CheckpointSlot(prefix + "gate_proj.weight", "gate_up_weight", block=0, blocks=2),
+        CheckpointSlot(prefix + "up_proj.weight", "gate_up_weight", block=1, blocks=2),
+        CheckpointSlot(prefix + "down_proj.weight", "down_weight"),
+    )
+
+
+EXPERT_SLOTS = gated_mlp_slots(_EXPERT_FIELD + ".")
+MLP_SLOTS = gated_mlp_slots()
+
+
+class MissingCheckpointWeightsError(RuntimeError):
+    """The checkpoint lacked tensors that a stacked or fused parameter needs."""
+
+
+class SlotLoadedModule(nn.Module):
+    """A module whose parameters are assembled from several checkpoint tensors.
+
+    Subclasses set `checkpoint_slots` and, when stacked over experts, `num_experts`.
+    Loading accepts either the Hugging Face names of the slots or our own parameter
+    names (a whole parameter, e.g. from `Module.state_dict()`).
+    """
+
+    checkpoint_slots: Tuple[CheckpointSlot, ...] = ()
+    num_experts: Optional[int] = None
+
+    def __init__(self):
+        super().__init__()
+        self._filled_slots = set()
+        self._load_prefix = ""
+        self.register_load_state_dict_post_hook(_report_unfilled_slots)
+
+    def _expert_indices(self):
+        return [None] if self.num_experts is None else range(self.num_experts)
+
+    def _match_slot(self, name: str):
+        for slot in self.checkpoint_slots:
+            match = slot.pattern.fullmatch(name)
+            if match is not None:
+                expert = match.groupdict().get("expert")
+                return slot, None if expert is None else int(expert)
+        return None
+
+    def _slot_target(self, slot: CheckpointSlot, expert: Optional[int]):
+        """The parameter, the index into it that one checkpoint tensor fills, and that
+        tensor's shape in the checkpoint ([out, in])."""
+        param = getattr(self, slot.param)
+        width = param.shape[-1] // slot.blocks
+        columns = slice(slot.block * width, (slot.block + 1) * width)
+        index = (slice(None), columns) if expert is None else (expert, slice(None), columns)
+        return param, index, (width, param.shape[-2])
+
+    def _load_slot(self, key: str, slot: CheckpointSlot, expert: Optional[int], tensor) -> Optional[str]:
+        """Copy one checkpoint tensor into its slice; return an error message or None."""
+        if (expert is None) != (self.num_experts is None):
+            return f"{key}: expert index does not fit {type(self).__name__}"
+        if expert is not None and expert >= self.num_experts:
+            return f"{key}: expert index {expert} out of range for {self.num_experts} experts"
+        param, index, expected = self._slot_target(slot, expert)
+        if tuple(tensor.shape) != expected:
+            return (f"size mismatch for {key}: copying a param with shape {tuple(tensor.shape)} from "
+                    f"checkpoint, the shape in current model is {expected}.")
+        param[index] = tensor.T.to(param.dtype)
+        self._filled_slots.add((slot, expert))
+        return None
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        self._load_prefix = prefix
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            found = self._match_slot(key[len(prefix):])
+            if found is None:
+                continue
+            # pop drops this dict's reference at once; the caller's shard dict is freed per shard
+            error = self._load_slot(key, *found, state_dict.pop(key))
+            if error is not None:
+                error_msgs.append(error)
+        own_missing: List[str] = []
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      own_missing, unexpected_keys, error_msgs)
+        slot_params = {slot.param for slot in self.checkpoint_slots}
+        for key in own_missing:
+            if key[len(prefix):] not in slot_params:
+                missing_keys.append(key)
+        for slot in self.checkpoint_slots:
+            if prefix + slot.param in state_dict:  # a whole parameter under our own name
+                self._filled_slots.update((slot, e) for e in self._expert_indices())
+
+    def unfilled_slot_keys(self, prefix: str = "") -> List[str]:
+        """Checkpoint names (with `prefix`) of the slots not loaded yet."""
+        return [prefix + slot.key(e) for slot in self.checkpoint_slots for e in self._expert_indices()
+                if (slot, e) not in self._filled_slots]
+
+    def checkpoint_tensors(self, prefix: str = "") -> Iterator[Tuple[str, mindspore.Tensor]]:
+        """Our parameters cut back into Hugging Face checkpoint tensors ([out, in], contiguous)."""
+        for slot in self.checkpoint_slots:
+            for expert in self._expert_indices():
+                param, index, _ = self._slot_target(slot, expert)
+                yield prefix + slot.key(expert), param[index].T.contiguous()
+
+
+def _report_unfilled_slots(module: SlotLoadedModule, incompatible_keys) -> None:
+    incompatible_keys.missing_keys.extend(module.unfilled_slot_keys(module._load_prefix))
+
+
+def unfilled_checkpoint_keys(model: nn.Module) -> List[str]:
+    """Every checkpoint name that some slot-loaded module of `model` still waits for."""
+    missing = []
+    for name, module in model.named_modules():
+        if isinstance(module, SlotLoadedModule):
+            missing.extend(module.unfilled_slot_keys(f"{name}." if name else ""))
+    return missing
+
+
+def check_complete(model: nn.Module) -> None:
+    """Raise if any stacked or fused parameter of `model` was not fully loaded."""
+    missing = unfilled_checkpoint_keys(model)
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        raise MissingCheckpointWeightsError(
+            f"{type(model).__name__}: the checkpoint lacks {len(missing)} weight(s) needed by stacked "
+            f"layers: {shown}")
+
+
+def hf_state_dict(model: nn.Module) -> Dict[str, mindspore.Tensor]:
+    """`model.state_dict()` in Hugging Face names: slot-loaded parameters cut back per tensor.
+
+    The cut tensors are copies, so a save holds the expert weights twice; loads never do.
+    """
+    slot_modules = {f"{name}." if name else "": module for name, module in model.named_modules()
+                    if isinstance(module, SlotLoadedModule)}
+    state = {}
+    for key, tensor in model.state_dict().items():
+        owner, _, param = key.rpartition(".")
+        module = slot_modules.get(f"{owner}." if owner else "")
+        if module is None or param not in {slot.param for slot in module.checkpoint_slots}:
+            state[key] = tensor
+    for prefix, module in slot_modules.items():
+        state.update(module.checkpoint_tensors(prefix))
+    return state
+
+
+def _slot_param_pattern() -> str:
+    params = sorted({slot.param for slot in EXPERT_SLOTS + MLP_SLOTS})
+    return r"\.(" + "|".join(re.escape(p) for p in params) + r")$"
+
+
+class StackedCheckpointMixin:
+    """For a PreTrainedModel built from slot-loaded layers (put it before the model base class).
+
+    Stock loading compares checkpoint names with `state_dict()` names; slot-loaded layers
+    consume the Hugging Face names themselves, so that comparison is silenced for them and
+    replaced by `check_complete`, which raises on anything missing.
+    """
+
+    _keys_to_ignore_on_load_missing = [_slot_param_pattern()]
+    _keys_to_ignore_on_load_unexpected = [r"\.(gate|up|down)_proj\.weight$"]
+
+    @classmethod
+    def _load_pretrained_model(cls, model, *args, **kwargs):
+        if kwargs.get("low_cpu_mem_usage") or kwargs.get("device_map") is not None:
+            # that loader assigns only names found in state_dict(), which would skip every slot
+            raise ValueError(f"{cls.__name__} loads stacked expert weights without "
+                             "low_cpu_mem_usage or device_map; leave both unset")
+        result = super()._load_pretrained_model(model, *args, **kwargs)
+        check_complete(model)
+        return result
+
+    def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
+        if state_dict is None:
+            state_dict = hf_state_dict(self)
+        return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)

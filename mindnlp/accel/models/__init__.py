@@ -1,0 +1,1 @@
+"""Accelerated model implementations, one file per Hugging Face model_type."""

@@ -1,0 +1,295 @@
+"""SparseMoe against stock's Qwen2MoeSparseMoeBlock, a float64 NumPy reference, and itself."""
+import functools
+from contextlib import contextmanager
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import mindspore
+from mindspore import Tensor
+
+from mindnlp.transformers import Qwen2MoeConfig
+from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
+
+from mindnlp.accel.layers import moe as moe_module
+from mindnlp.accel.layers.moe import SparseMoe, combine_in_expert_order
+from mindnlp.accel.layers.moe_experts import (dense_outputs, gathered_outputs, grouped_mm_twin,
+                                             grouped_outputs)
+from mindnlp.accel.layers.moe_router import RouterConfig, route
+from mindnlp.accel.loading import hf_state_dict
+
+HIDDEN, INTER, SHARED, EXPERTS = 32, 16, 24, 8
+
+
+def qwen_config(top_k=2, norm_topk_prob=False):
+    return Qwen2MoeConfig(hidden_size=HIDDEN, num_experts=EXPERTS, num_experts_per_tok=top_k,
+                          moe_intermediate_size=INTER, shared_expert_intermediate_size=SHARED,
+                          norm_topk_prob=norm_topk_prob)
+
+
+def stock_and_ours(config, dtype=mindspore.float32, state=None):
+    """Stock block (random init unless `state` is given) and ours loaded with the same weights."""
+    stock = Qwen2MoeSparseMoeBlock(config)
+    if dtype == mindspore.float16:
+        stock.half()
+    if state is not None:
+        stock.load_state_dict({k: Tensor(v, dtype) for k, v in state.items()})
+    ours = SparseMoe.from_qwen2_moe_config(config, dtype=dtype)
+    ours.load_state_dict(stock.state_dict())
+    return stock, ours
+
+
+def random_hidden(shape, seed, dtype=mindspore.float32):
+    return Tensor(np.random.default_rng(seed).standard_normal(shape).astype(np.float32), dtype)
+
+
+# ---- float64 NumPy reference, written from the models' definitions ----
+
+def _silu(z):
+    return z / (1.0 + np.exp(-z))
+
+
+def _mlp(x, state, prefix):
+    gate = x @ state[prefix + "gate_proj.weight"].T
+    up = x @ state[prefix + "up_proj.weight"].T
+    return (_silu(gate) * up) @ state[prefix + "down_proj.weight"].T
+
+
+def numpy_moe(x, state, top_k, norm_topk_prob, shared_name, shared_gated, norm_eps=0.0):
+    """x [T, H] float64; `state` in checkpoint names (float64)."""
+    logits = x @ state["gate.weight"].T
+    probs = np.exp(logits - logits.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    chosen = np.argsort(-probs, axis=-1)[:, :top_k]
+    weights = np.take_along_axis(probs, chosen, -1)
+    if norm_topk_prob:
+        weights = weights / (weights.sum(-1, keepdims=True) + norm_eps)
+    out = np.zeros_like(x)
+    for t in range(x.shape[0]):
+        for slot in range(top_k):
+            out[t] += weights[t, slot] * _mlp(x[t:t + 1], state, f"experts.{chosen[t, slot]}.")[0]
+    if shared_name:
+        shared = _mlp(x, state, shared_name + ".")
+        if shared_gated:
+            shared = shared / (1.0 + np.exp(-(x @ state["shared_expert_gate.weight"].T)))
+        out += shared
+    return out
+
+
+def float64_state(module):
+    """A module's parameters in checkpoint names, as float64 arrays."""
+    return {k: v.asnumpy().astype(np.float64) for k, v in hf_state_dict(module).items()}
+
+
+# ---- tests ----
+
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+@pytest.mark.parametrize("norm_topk_prob", [False, True])
+def test_matches_stock_qwen_block_fp32(tokens, norm_topk_prob):
+    stock, ours = stock_and_ours(qwen_config(norm_topk_prob=norm_topk_prob))
+    x = random_hidden((2, tokens, HIDDEN), seed=tokens)
+    expected, _ = stock(x)
+    got = ours(x)
+    assert got.shape == expected.shape and got.dtype == expected.dtype
+    np.testing.assert_allclose(got.asnumpy(), expected.asnumpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens", [1, 17])
+def test_matches_float64_reference_qwen(tokens):
+    _, ours = stock_and_ours(qwen_config(top_k=4, norm_topk_prob=True))
+    x = random_hidden((tokens, HIDDEN), seed=5)
+    expected = numpy_moe(x.asnumpy().astype(np.float64), float64_state(ours), top_k=4,
+                         norm_topk_prob=True, shared_name="shared_expert", shared_gated=True)
+    np.testing.assert_allclose(ours(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def deepseek_config(norm_topk_prob):
+    return SimpleNamespace(hidden_size=HIDDEN, n_routed_experts=EXPERTS, num_experts_per_tok=3,
+                           moe_intermediate_size=INTER, n_shared_experts=2, scoring_func="softmax",
+                           norm_topk_prob=norm_topk_prob, hidden_act="silu")
+
+
+@pytest.mark.parametrize("norm_topk_prob", [False, True])
+@pytest.mark.parametrize("tokens", [1, 9])
+def test_deepseek_configuration_matches_float64_reference(tokens, norm_topk_prob):
+    ours = SparseMoe.from_deepseek_config(deepseek_config(norm_topk_prob))
+    names = {n for n, _ in ours.named_parameters()}
+    assert "shared_experts.gate_up_weight" in names and "shared_expert_gate.weight" not in names
+    assert ours.shared_experts.down_weight.shape == (2 * INTER, HIDDEN)
+    x = random_hidden((tokens, HIDDEN), seed=11)
+    expected = numpy_moe(x.asnumpy().astype(np.float64), float64_state(ours), top_k=3,
+                         norm_topk_prob=norm_topk_prob, shared_name="shared_experts",
+                         shared_gated=False, norm_eps=1e-20)
+    np.testing.assert_allclose(ours(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_deepseek_rejects_other_scoring():
+    config = deepseek_config(False)
+    config.scoring_func = "sigmoid"
+    with pytest.raises(ValueError, match="scoring"):
+        SparseMoe.from_deepseek_config(config)
+
+
+def test_router_rejects_bad_top_k():
+    with pytest.raises(ValueError, match="top_k"):
+        RouterConfig(num_experts=4, top_k=5)
+
+
+def test_router_returns_experts_ascending_with_their_weights():
+    _, ours = stock_and_ours(qwen_config(top_k=4))
+    x = random_hidden((9, HIDDEN), seed=2)
+    weights, experts = route(ours.gate(x), ours.router, x.dtype)
+    experts = experts.asnumpy()
+    assert (np.diff(experts, axis=-1) > 0).all()
+    logits = ours.gate(x).asnumpy().astype(np.float64)
+    probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
+    np.testing.assert_allclose(weights.asnumpy(), np.take_along_axis(probs, experts, -1), rtol=1e-5)
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 17])
+def test_decode_gather_equals_prefill_paths(tokens):
+    _, ours = stock_and_ours(qwen_config(top_k=4))
+    x = random_hidden((tokens, HIDDEN), seed=3)
+    _, experts = route(ours.gate(x), ours.router, x.dtype)
+    dense = dense_outputs(ours.experts, x, experts).asnumpy()
+    assert dense.shape == (tokens, 4, HIDDEN)
+    np.testing.assert_allclose(gathered_outputs(ours.experts, x, experts).asnumpy(), dense, rtol=0, atol=1e-6)
+    grouped = grouped_outputs(ours.experts, x, experts, grouped_mm=grouped_mm_twin).asnumpy()
+    np.testing.assert_allclose(grouped, dense, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("tokens, path", [(1, "gathered"), (3, "dense"), (17, "dense")])
+def test_forward_picks_gather_only_below_one_row_per_expert(tokens, path, monkeypatch):
+    _, ours = stock_and_ours(qwen_config(top_k=4))
+    used = []
+    for name, real in (("gathered", gathered_outputs), ("dense", dense_outputs)):
+        monkeypatch.setattr(moe_module, f"{name}_outputs",
+                            lambda *args, name=name, real=real: used.append(name) or real(*args))
+    moe_module.device.reset_choices()
+    ours(random_hidden((tokens, HIDDEN), seed=4))
+    assert used == [path]
+
+
+def test_prefill_uses_dense_twin_off_ascend():
+    moe_module.device.reset_choices()
+    assert moe_module._prefill_kernel(mindspore.float32) is dense_outputs
+
+
+def test_grouped_kernel_passes_its_self_check_and_then_serves_prefill(monkeypatch):
+    """The device self-check wiring, run on CPU with the grouped kernel's twin in its place."""
+    grouped_twin = functools.partial(grouped_outputs, grouped_mm=grouped_mm_twin)
+    monkeypatch.setattr(moe_module, "grouped_outputs", grouped_twin)
+    monkeypatch.setattr(moe_module.device, "fused_enabled", lambda: True)
+    moe_module.device.reset_choices()
+    try:
+        stock, ours = stock_and_ours(qwen_config(top_k=4))
+        x = random_hidden((2, 9, HIDDEN), seed=8)
+        got = ours(x)
+        assert moe_module._prefill_kernel(mindspore.float32) is grouped_twin
+    finally:
+        moe_module.device.reset_choices()
+    np.testing.assert_allclose(got.asnumpy(), stock(x)[0].asnumpy(), rtol=0, atol=1e-6)
+
+
+def test_self_check_inputs_route_each_token_to_two_distinct_ascending_experts():
+    experts, x, ids = moe_module._check_inputs(mindspore.float32)
+    ids = ids.asnumpy()
+    assert ids.shape == (8, 2) and (np.diff(ids, axis=1) > 0).all() and ids.max() < experts.num_experts
+    dense = dense_outputs(experts, x, Tensor(ids))
+    assert np.isfinite(dense.asnumpy()).all() and np.abs(dense.asnumpy()).max() > 0.1
+
+
+# ---- fp16: the order and dtype of the expert sum ----
+
+def exact_state(rng):
+    """Weights under which every expert matmul is exact in fp16, so stock and ours can differ
+    only in how they add the expert outputs: small-integer inputs, gate/up weights in
+    {-1/4, 0, 1/4}, and down weights with one power of two per output row."""
+    state = {"gate.weight": rng.standard_normal((EXPERTS, HIDDEN)) * 0.3,
+             "shared_expert_gate.weight": rng.standard_normal((1, HIDDEN)) * 0.1}
+
+    def mlp(prefix, inter):
+        state[prefix + "gate_proj.weight"] = rng.integers(-1, 2, (inter, HIDDEN)) / 4
+        state[prefix + "up_proj.weight"] = rng.integers(-1, 2, (inter, HIDDEN)) / 4
+        down = np.zeros((HIDDEN, inter))
+        down[np.arange(HIDDEN), rng.integers(0, inter, HIDDEN)] = 2.0 ** -rng.integers(0, 4, HIDDEN)
+        state[prefix + "down_proj.weight"] = down
+
+    for j in range(EXPERTS):
+        mlp(f"experts.{j}.", INTER)
+    mlp("shared_expert.", SHARED)
+    return state
+
+
+@pytest.mark.parametrize("batch, tokens", [(1, 1), (2, 17)])  # gathered (4 rows < 8 experts), dense
+def test_fp16_sum_is_bitwise_stock(batch, tokens):
+    rng = np.random.default_rng(0)
+    stock, ours = stock_and_ours(qwen_config(top_k=4), mindspore.float16, exact_state(rng))
+    x = Tensor(rng.integers(-3, 4, (batch, tokens, HIDDEN)), mindspore.float16)
+    expected, _ = stock(x)
+    got = ours(x)
+    assert got.dtype == mindspore.float16
+    np.testing.assert_array_equal(got.asnumpy().view(np.uint16), expected.asnumpy().view(np.uint16))
+
+
+def _fp16_sum(parts):
+    """Left-to-right sum of fp16 arrays, rounding to fp16 after each add."""
+    total = parts[0]
+    for part in parts[1:]:
+        total = (total + part).astype(np.float16)
+    return total
+
+
+def test_fp16_sum_order_is_what_the_bitwise_test_sees():
+    """On this data the order and the dtype of the sum show in the bits: stock's result is the
+    left-to-right fp16 sum in ascending expert index, and neither the reverse order nor a
+    float32 sum gives it."""
+    rng = np.random.default_rng(0)
+    state = exact_state(rng)
+    state["shared_expert.down_proj.weight"][:] = 0  # shared expert adds exactly 0: routed sum only
+    stock, ours = stock_and_ours(qwen_config(top_k=4), mindspore.float16, state)
+    x = Tensor(rng.integers(-3, 4, (17, HIDDEN)), mindspore.float16)
+    expected = stock(x[None])[0][0].asnumpy()
+    weights, experts = route(ours.gate(x), ours.router, x.dtype)
+    weighted = (dense_outputs(ours.experts, x, experts) * weights[:, :, None]).asnumpy()
+    parts = [weighted[:, s] for s in range(4)]
+    assert np.array_equal(_fp16_sum(parts), expected)
+    assert not np.array_equal(_fp16_sum(parts[::-1]), expected)
+    assert not np.array_equal(weighted.astype(np.float32).sum(1).astype(np.float16), expected)
+
+
+# ---- no host syncs in forward ----
+
+@contextmanager
+def host_reads_forbidden():
+    """Every Tensor -> host read, and the data-dependent-shape ops, raise inside this block."""
+    def fail(*_args, **_kwargs):
+        raise AssertionError("host sync in forward")
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("asnumpy", "item", "tolist", "__bool__", "__int__", "__float__", "__index__",
+                     "__array__"):
+            patch.setattr(mindspore.Tensor, name, fail)
+        for module in (mindspore.ops, mindspore.mint):
+            patch.setattr(module, "nonzero", fail)
+            patch.setattr(module, "masked_select", fail)
+        for primitive in (mindspore.ops.NonZero, mindspore.ops.MaskedSelect, mindspore.ops.Unique):
+            patch.setattr(primitive, "__call__", fail)
+        yield
+
+
+@pytest.mark.parametrize("shape", [(1, 1, HIDDEN), (2, 17, HIDDEN)])  # gathered, dense
+def test_forward_makes_no_host_sync(shape):
+    _, ours = stock_and_ours(qwen_config(top_k=4))
+    x = random_hidden(shape, seed=6)
+    moe_module.device.reset_choices()
+    with host_reads_forbidden():
+        out = ours(x)
+    assert out.shape == shape
+
+
+def test_sync_guard_catches_stock():
+    stock, _ = stock_and_ours(qwen_config())
+    x = random_hidden((1, 3, HIDDEN), seed=6)
+    with host_reads_forbidden(), pytest.raises(AssertionError, match="host sync"):
+        stock(x)
