@@ -1,0 +1,195 @@
+"""Evaluate stock against ours as the judge does, one family at a time, and write the report.
+
+    python eval/run.py [--families qwen2_moe,qwen2_vl,llama] [--size topology] [--llm-dir llm]
+                       [--model-path FAMILY=DIR ...] [--image cat=PATH --image man=PATH]
+                       [--max-new-tokens 50] [--count-tokens 8] [--out eval_output]
+
+Each (family, variant) runs in its own child process so that peak memory is its own; stock runs
+first and its texts and logits become the target ours must match. A family uses real weights
+when --model-path names them or download.sh laid them under --llm-dir, else its generated
+fixture of --size. Outputs: eval_output/<family>/<variant>.json, target/ and candidate/ logits,
+report.md and charts.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+DEFAULT_FAMILIES = ("qwen2_moe", "qwen2_vl", "llama")
+# download.sh's directory names under llm/, per family.
+LLM_DIRS = {"qwen2_moe": "Qwen1.5-MoE-A2.7B-Chat", "deepseek": "deepseek-moe-16b-chat",
+            "qwen2_vl": "Qwen2-VL-2B-Instruct", "llama": "Janus-Pro-7B"}
+
+
+def resolve_model(family, args):
+    """(path, description) of the weights to evaluate for family."""
+    import fixtures
+
+    if family in args.model_paths:
+        path = args.model_paths[family]
+        if not os.path.isdir(path):
+            raise SystemExit(f"--model-path {family}={path}: no such directory")
+        return path, f"weights at {path}"
+    downloaded = os.path.join(args.llm_dir, LLM_DIRS[family])
+    if os.path.isfile(os.path.join(downloaded, "config.json")):
+        if family == "llama":
+            language_model = os.path.join(downloaded, "language_model")
+            if not os.path.isfile(os.path.join(language_model, "config.json")):
+                raise SystemExit(f"{downloaded}: Janus-Pro's language model is evaluated from a "
+                                 "language_model/ directory in Hugging Face Llama layout; none found")
+            downloaded = language_model
+        return downloaded, f"weights at {downloaded}"
+    path = fixtures.ensure(family, args.size, os.path.join(ROOT, "eval_cache", "fixtures"))
+    return path, f"generated {args.size} fixture (seeded random weights)"
+
+
+def run_child(args):
+    """One (family, variant): the judge's protocol, then counted generate; writes <variant>.json."""
+    import mindspore
+
+    if mindspore.get_context("device_target") == "CPU":
+        mindspore.runtime.launch_blocking()
+    import counters
+    import judge
+    import passcheck
+
+    import mindnlp
+
+    if args.variant == "ours" and not os.path.isdir(os.path.join(os.path.dirname(mindnlp.__file__), "accel")):
+        raise SystemExit(f"mindnlp at {os.path.dirname(mindnlp.__file__)} is not patched (no mindnlp/accel): "
+                         "put the patched tree first on PYTHONPATH, as test.sh does")
+    loaded = judge.load(args.family, args.path, args.variant)
+    images = dict(args.images) or None
+    run = judge.run_family(args.family, loaded.model, loaded.processor, args.max_new_tokens, images)
+    case = judge.prompt_cases(args.family, images)[0][1]
+    inputs = judge.prepare_inputs(args.family, loaded.model, loaded.processor, case)
+    counts = counters.count_generate(loaded.model, dict(inputs, **judge.GENERATE_KWARGS,
+                                                         max_new_tokens=args.count_tokens))
+    out_dir = os.path.join(args.out, args.family)
+    passcheck.save_target(run, os.path.join(out_dir, "target" if args.variant == "stock" else "candidate"))
+    summary = {key: run[key] for key in ("family", "model_class", "max_new_tokens", "decode_rule",
+                                         "warmup_s", "prefill_s", "decode_per_token_s", "memory")}
+    summary.update(variant=args.variant, path=args.path, load_s=loaded.load_s,
+                   ours_is_stock=loaded.ours_is_stock, counts=counts.to_dict(),
+                   prompts=[{k: v for k, v in p.items() if k != "logits"} for p in run["prompts"]])
+    with open(os.path.join(out_dir, f"{args.variant}.json"), "w", encoding="utf-8") as f:
+        json.dump(summary, f, indent=2)
+
+
+def spawn(family, variant, path, args):
+    command = [sys.executable, os.path.abspath(__file__), "--child", family, variant, path,
+               "--out", args.out, "--max-new-tokens", str(args.max_new_tokens),
+               "--count-tokens", str(args.count_tokens)]
+    for name, image in args.images:
+        command += ["--image", f"{name}={image}"]
+    started = time.perf_counter()
+    proc = subprocess.run(command)
+    if proc.returncode != 0:
+        raise SystemExit(f"{family}/{variant} failed (exit {proc.returncode}); see the output above")
+    with open(os.path.join(args.out, family, f"{variant}.json"), encoding="utf-8") as f:
+        result = json.load(f)
+    print(f"  {family}/{variant}: prefill {result['prefill_s']:.3f} s, decode "
+          f"{result['decode_per_token_s']:.4f} s/token, {time.perf_counter() - started:.0f} s in all",
+          flush=True)
+    return result
+
+
+def report_row(result, checks=None):
+    counts = result["counts"]
+    row = {"family": result["family"], "variant": result["variant"], "prefill_s": result["prefill_s"],
+           "decode_s_per_token": result["decode_per_token_s"],
+           "memory_bytes": result["memory"]["peak_bytes"], "memory_source": result["memory"]["source"],
+           "prefill_ops": counts["prefill_ops"], "prefill_syncs": counts["prefill_syncs"],
+           "decode_ops": counts["decode_ops"], "decode_syncs": counts["decode_syncs"],
+           "top": counts.get("top_decode") or counts["top_prefill"]}
+    if checks is not None:
+        passed = sum(check.passed for check in checks)
+        row["pass_check"] = f"{passed}/{len(checks)} prompts pass" + "".join(
+            f"; {c.name}: {c.reason} (ids {'identical' if c.ids_identical else 'differ'}, first argmax "
+            f"step {c.first_argmax_step}, max softmax diff {c.max_softmax_diff:.2e})" for c in checks)
+    return row
+
+
+def add_predictions(rows, stock_counts):
+    """Cost-model predictions of the Ascend times, calibrated on the stock rows; returns notes."""
+    import costmodel
+
+    try:
+        fit = costmodel.calibrate(costmodel.baseline_samples(stock_counts), by_phase=True)
+    except ValueError as err:
+        return [f"No Ascend prediction: {err}"]
+    for row in rows:
+        counts = {"prefill_ops": row["prefill_ops"], "prefill_syncs": row["prefill_syncs"],
+                  "decode_ops": row["decode_ops"], "decode_syncs": row["decode_syncs"]}
+        row["predicted_prefill_s"] = costmodel.predict(fit, counts, row["family"], "prefill")
+        row["predicted_decode_s"] = costmodel.predict(fit, counts, row["family"], "decode")
+    return fit.describe()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES))
+    parser.add_argument("--size", default="topology", choices=("tiny", "topology"))
+    parser.add_argument("--llm-dir", default=os.path.join(ROOT, "llm"))
+    parser.add_argument("--model-path", action="append", default=[], metavar="FAMILY=DIR")
+    parser.add_argument("--image", action="append", default=[], metavar="NAME=PATH")
+    parser.add_argument("--max-new-tokens", type=int, default=50)
+    parser.add_argument("--count-tokens", type=int, default=8)
+    parser.add_argument("--out", default=os.path.join(ROOT, "eval_output"))
+    parser.add_argument("--child", nargs=3, metavar=("FAMILY", "VARIANT", "PATH"), help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    args.images = [pair_of(item, "--image") for item in args.image]
+    for name, path in args.images:
+        if not os.path.isfile(path):
+            raise SystemExit(f"--image {name}={path}: no such file")
+    if args.child:
+        args.family, args.variant, args.path = args.child
+        return run_child(args)
+    args.model_paths = dict(pair_of(item, "--model-path") for item in args.model_path)
+    families = [f.strip() for f in args.families.split(",") if f.strip()]
+    unknown = sorted(set(families) - set(LLM_DIRS))
+    if unknown:
+        raise SystemExit(f"unknown families {unknown}; known: {sorted(LLM_DIRS)}")
+    import passcheck
+    import report
+
+    rows, stock_counts, notes, all_pass = [], {}, [], True
+    for family in families:
+        path, what = resolve_model(family, args)
+        print(f"{family}: {what}", flush=True)
+        stock = spawn(family, "stock", path, args)
+        ours = spawn(family, "ours", path, args)
+        out_dir = os.path.join(args.out, family)
+        checks = passcheck.check_run(passcheck.load_target(os.path.join(out_dir, "target")),
+                                     passcheck.load_target(os.path.join(out_dir, "candidate")))
+        all_pass &= passcheck.all_passed(checks)
+        stock_counts[family] = stock["counts"]
+        rows += [report_row(stock), report_row(ours, checks)]
+        notes.append(f"{family}: {what}; ours is {ours['model_class']}"
+                     + (" (no accelerated class yet: ours equals stock)" if ours["ours_is_stock"] else ""))
+    notes += add_predictions(rows, stock_counts)
+    import mindspore
+
+    dispatch = ("synchronous (launch_blocking)" if mindspore.get_context("device_target") == "CPU"
+                else "default asynchronous")
+    path = report.write_report(rows, args.out, dispatch=dispatch, notes=notes)
+    print(f"report: {path}")
+    if not all_pass:
+        print("FAILED: ours does not match stock on every prompt (see the report)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def pair_of(item, flag):
+    name, sep, value = item.partition("=")
+    if not sep or not name or not value:
+        raise SystemExit(f"{flag} wants NAME=VALUE, got {item!r}")
+    return name, value
+
+
+if __name__ == "__main__":
+    sys.exit(main())
