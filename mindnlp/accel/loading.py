@@ -3,12 +3,15 @@
 A checkpoint stores every expert's projections as separate Linear weights
 (`mlp.experts.{j}.gate_proj.weight`, [out, in]). Our layers hold them stacked and
 transposed once, in the layout the matmuls read (`gate_up_weight` [E, in, 2*out]).
+Attention's q/k/v projections are fused the other way: their [out, in] weights stacked
+as row blocks of one Linear (`qkv_proj.weight`), untransposed, as F.linear reads them.
 Each checkpoint tensor is copied into its slice of the preallocated parameter as it
-arrives and then dropped, so a load never holds a second copy of the expert weights.
+arrives and then dropped, so a load never holds a second copy of the weights.
 A module built this way subclasses `SlotLoadedModule` and lists its `checkpoint_slots`;
 a PreTrainedModel that contains such modules adds `StackedCheckpointMixin`, which makes
 a missing slot an error and saves in Hugging Face names again.
 """
+import functools
 import re
 from dataclasses import dataclass
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -26,15 +29,23 @@ class CheckpointSlot:
 
     name: the checkpoint name relative to the module; `{expert}` stands for the expert index
         in stacked modules.
-    param: our parameter that receives it, transposed ([out, in] -> [in, out]).
+    param: our parameter that receives it (a dotted path for a submodule's parameter),
+        transposed ([out, in] -> [in, out]) unless `rows` is given.
     block, blocks: it fills column block `block` of `blocks` equal blocks of the last axis
         (gate and up share one parameter, gate first, as the fused matmul splits it).
+    rows: (start, stop): it fills these rows of the first axis as it is, untransposed
+        (q, k and v of unequal sizes stacked in one [out, in] weight or [out] bias).
     """
 
     name: str
     param: str
     block: int = 0
     blocks: int = 1
+    rows: Optional[Tuple[int, int]] = None
+
+    @property
+    def transposed(self) -> bool:
+        return self.rows is None
 
     @property
     def pattern(self) -> "re.Pattern":
@@ -58,6 +69,15 @@ def gated_mlp_slots(prefix: str = "") -> Tuple[CheckpointSlot, ...]:
 
 EXPERT_SLOTS = gated_mlp_slots(_EXPERT_FIELD + ".")
 MLP_SLOTS = gated_mlp_slots()
+QKV_PARAMS = ("qkv_proj.weight", "qkv_proj.bias")
+
+
+def qkv_slots(q_rows: int, kv_rows: int, bias: bool) -> Tuple[CheckpointSlot, ...]:
+    """Slots of q_proj, k_proj, v_proj stacked in that order as row blocks of `qkv_proj`."""
+    bounds = {"q": (0, q_rows), "k": (q_rows, q_rows + kv_rows), "v": (q_rows + kv_rows, q_rows + 2 * kv_rows)}
+    kinds = ("weight", "bias") if bias else ("weight",)
+    return tuple(CheckpointSlot(f"{name}_proj.{kind}", f"qkv_proj.{kind}", rows=rows)
+                 for kind in kinds for name, rows in bounds.items())
 
 
 class MissingCheckpointWeightsError(RuntimeError):
@@ -94,8 +114,11 @@ class SlotLoadedModule(nn.Module):
 
     def _slot_target(self, slot: CheckpointSlot, expert: Optional[int]):
         """The parameter, the index into it that one checkpoint tensor fills, and that
-        tensor's shape in the checkpoint ([out, in])."""
-        param = getattr(self, slot.param)
+        tensor's shape in the checkpoint ([out, in], or [out] for a bias)."""
+        param = functools.reduce(getattr, slot.param.split("."), self)
+        if slot.rows is not None:
+            start, stop = slot.rows
+            return param, slice(start, stop), (stop - start,) + tuple(param.shape[1:])
         width = param.shape[-1] // slot.blocks
         columns = slice(slot.block * width, (slot.block + 1) * width)
         index = (slice(None), columns) if expert is None else (expert, slice(None), columns)
@@ -111,7 +134,7 @@ class SlotLoadedModule(nn.Module):
         if tuple(tensor.shape) != expected:
             return (f"size mismatch for {key}: copying a param with shape {tuple(tensor.shape)} from "
                     f"checkpoint, the shape in current model is {expected}.")
-        param[index] = tensor.T.to(param.dtype)
+        param[index] = (tensor.T if slot.transposed else tensor).to(param.dtype)
         self._filled_slots.add((slot, expert))
         return None
 
@@ -126,13 +149,10 @@ class SlotLoadedModule(nn.Module):
             error = self._load_slot(key, *found, state_dict.pop(key))
             if error is not None:
                 error_msgs.append(error)
-        own_missing: List[str] = []
+        # A slot's parameter missing under our own name is settled by the post hook, which runs
+        # after submodules (whose parameters slots may fill) have reported their missing keys.
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      own_missing, unexpected_keys, error_msgs)
-        slot_params = {slot.param for slot in self.checkpoint_slots}
-        for key in own_missing:
-            if key[len(prefix):] not in slot_params:
-                missing_keys.append(key)
+                                      missing_keys, unexpected_keys, error_msgs)
         for slot in self.checkpoint_slots:
             if prefix + slot.param in state_dict:  # a whole parameter under our own name
                 self._filled_slots.update((slot, e) for e in self._expert_indices())
@@ -147,11 +167,17 @@ class SlotLoadedModule(nn.Module):
         for slot in self.checkpoint_slots:
             for expert in self._expert_indices():
                 param, index, _ = self._slot_target(slot, expert)
-                yield prefix + slot.key(expert), param[index].T.contiguous()
+                value = param[index]
+                yield prefix + slot.key(expert), (value.T if slot.transposed else value).contiguous()
 
 
 def _report_unfilled_slots(module: SlotLoadedModule, incompatible_keys) -> None:
-    incompatible_keys.missing_keys.extend(module.unfilled_slot_keys(module._load_prefix))
+    """Replace the slot parameters' own names in the missing keys by the checkpoint names still unfilled."""
+    prefix = module._load_prefix
+    slot_params = {prefix + slot.param for slot in module.checkpoint_slots}
+    missing = incompatible_keys.missing_keys
+    missing[:] = [key for key in missing if key not in slot_params]
+    missing.extend(module.unfilled_slot_keys(prefix))
 
 
 def unfilled_checkpoint_keys(model: nn.Module) -> List[str]:
@@ -180,19 +206,16 @@ def hf_state_dict(model: nn.Module) -> Dict[str, mindspore.Tensor]:
     """
     slot_modules = {f"{name}." if name else "": module for name, module in model.named_modules()
                     if isinstance(module, SlotLoadedModule)}
-    state = {}
-    for key, tensor in model.state_dict().items():
-        owner, _, param = key.rpartition(".")
-        module = slot_modules.get(f"{owner}." if owner else "")
-        if module is None or param not in {slot.param for slot in module.checkpoint_slots}:
-            state[key] = tensor
+    slot_params = {prefix + slot.param for prefix, module in slot_modules.items()
+                   for slot in module.checkpoint_slots}
+    state = {key: tensor for key, tensor in model.state_dict().items() if key not in slot_params}
     for prefix, module in slot_modules.items():
         state.update(module.checkpoint_tensors(prefix))
     return state
 
 
 def _slot_param_pattern() -> str:
-    params = sorted({slot.param for slot in EXPERT_SLOTS + MLP_SLOTS})
+    params = sorted({slot.param for slot in EXPERT_SLOTS + MLP_SLOTS} | set(QKV_PARAMS))
     return r"\.(" + "|".join(re.escape(p) for p in params) + r")$"
 
 
@@ -205,7 +228,7 @@ class StackedCheckpointMixin:
     """
 
     _keys_to_ignore_on_load_missing = [_slot_param_pattern()]
-    _keys_to_ignore_on_load_unexpected = [r"\.(gate|up|down)_proj\.weight$"]
+    _keys_to_ignore_on_load_unexpected = [r"\.(gate|up|down)_proj\.weight$", r"\.(q|k|v)_proj\.(weight|bias)$"]
 
     @classmethod
     def _load_pretrained_model(cls, model, *args, **kwargs):

@@ -1,10 +1,10 @@
 """Shared layers of the accelerated models; each kernel sits beside its portable twin."""
 from .attention import Attention, AttentionMask, attend, attention_eager, build_attention_mask
-from .linear import Linear
+from .linear import FusedLinear, Linear
 from .norm import RMSNorm
-from .rotary import RotaryEmbedding, apply_rotary, rotate_half
+from .rotary import RotaryEmbedding, RotaryTables, apply_rotary, swap_halves
 
 __all__ = [
-    "Attention", "AttentionMask", "Linear", "RMSNorm", "RotaryEmbedding",
-    "apply_rotary", "attend", "attention_eager", "build_attention_mask", "rotate_half",
+    "Attention", "AttentionMask", "FusedLinear", "Linear", "RMSNorm", "RotaryEmbedding", "RotaryTables",
+    "apply_rotary", "attend", "attention_eager", "build_attention_mask", "swap_halves",
 ]

@@ -9,7 +9,7 @@ decode) compute the softmax differently, so they are opt-in (`fused=True`) and s
 on-device self-check before use.
 """
 import math
-from typing import NamedTuple, Optional, Tuple
+from typing import NamedTuple, Optional
 
 import mindspore
 from mindspore import Tensor
@@ -17,8 +17,9 @@ from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
 
 from ..device import choose
-from .linear import Linear
-from .rotary import apply_rotary
+from ..loading import SlotLoadedModule, qkv_slots
+from .linear import FusedLinear, Linear
+from .rotary import RotaryTables, apply_rotary
 
 # The self-check of a fused attention kernel looks for wrong layouts, masks or scales (errors of
 # order 1), not for bit parity, which fused kernels do not have: bf16 outputs agree to about 1e-2.
@@ -115,10 +116,13 @@ def _check_inputs(decode: bool, heads: int, kv_heads: int, dim: int, dtype):
     return q, k, v, build_attention_mask(valid, slots, dtype)
 
 
-class Attention(nn.Module):
-    """Rotary self-attention with Hugging Face parameter names (q_proj, k_proj, v_proj, o_proj).
+class Attention(SlotLoadedModule):
+    """Rotary self-attention with q, k, v projected by one matmul and rotated by one call.
 
-    forward(hidden_states [B, S, hidden], position_embeddings (cos, sin) each [B, S, head_dim],
+    Checkpoint names are Hugging Face's: q_proj, k_proj, v_proj (weight, and bias with qkv_bias)
+    load into their row blocks of `qkv_proj` and are saved under those names again by
+    loading.hf_state_dict; o_proj is a plain Linear.
+    forward(hidden_states [B, S, hidden], rope RotaryTables [B, S, head_dim] (RotaryEmbedding),
             mask AttentionMask [B, 1, S, T], cache StaticKVCache or None, cache_write CacheWrite,
             kv_len host int or None) -> [B, S, hidden].
     Without a cache the queries attend to their own keys (T = S). With one, this step's keys and
@@ -136,25 +140,34 @@ class Attention(nn.Module):
         head_dim = head_dim or hidden_size // num_heads
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.layer_idx, self.fused = layer_idx, fused
-        self.q_proj = Linear(hidden_size, num_heads * head_dim, bias=qkv_bias)
-        self.k_proj = Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
-        self.v_proj = Linear(hidden_size, num_kv_heads * head_dim, bias=qkv_bias)
+        q_rows, kv_rows = num_heads * head_dim, num_kv_heads * head_dim
+        self.checkpoint_slots = qkv_slots(q_rows, kv_rows, qkv_bias)
+        # Weight rows [q; k; v], stock's [out, in] layout: each output is the dot product stock's
+        # separate projection computes (FusedLinear checks the kernel sums it alike).
+        self.qkv_proj = FusedLinear(hidden_size, (q_rows, kv_rows, kv_rows), bias=qkv_bias)
         self.o_proj = Linear(num_heads * head_dim, hidden_size, bias=o_bias)
 
-    def forward(self, hidden_states, position_embeddings: Tuple[Tensor, Tensor], mask: AttentionMask,
-                cache=None, cache_write=None, kv_len: Optional[int] = None):
+    def forward(self, hidden_states, rope: RotaryTables, mask: AttentionMask, cache=None, cache_write=None,
+                kv_len: Optional[int] = None):
         batch, steps, _ = hidden_states.shape
-        cos, sin = position_embeddings
-        q = self.q_proj(hidden_states).reshape(batch, steps, self.num_heads, self.head_dim)
-        k = self.k_proj(hidden_states).reshape(batch, steps, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(hidden_states).reshape(batch, steps, self.num_kv_heads, self.head_dim)
-        # Rotation is elementwise, so applying it in [B, S, N, D] before the transpose is stock's result.
-        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        q, k, v = q.swapaxes(1, 2), k.swapaxes(1, 2), v.swapaxes(1, 2)
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        # [B, S, N + 2 KV, D]: query heads, then key heads, then value heads.
+        qkv = self.qkv_proj(hidden_states).reshape(batch, steps, heads + 2 * kv_heads, dim)
+        # Rotation is elementwise and alike for every head, so rotating the adjacent q and k heads
+        # together in [B, S, heads, D], before the transpose, gives stock's q and k exactly.
+        qk = apply_rotary(qkv[:, :, :heads + kv_heads], rope)
+        q, k = qk[:, :, :heads].swapaxes(1, 2), qk[:, :, heads:].swapaxes(1, 2)
+        v = qkv[:, :, heads + kv_heads:].swapaxes(1, 2)
         if cache is not None:
             if cache_write is None:
                 raise ValueError("Attention with a cache needs cache_write (cache.prepare(slots))")
             cache.write(self.layer_idx, cache_write, k, v)
             k, v = cache.read(self.layer_idx, kv_len)
         out = attend(q, k, v, mask, fused=self.fused)
-        return self.o_proj(out.swapaxes(1, 2).reshape(batch, steps, self.num_heads * self.head_dim))
+        return self.o_proj(out.swapaxes(1, 2).reshape(batch, steps, heads * dim))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        # The slots wrote qkv_proj.weight in place; its CPU transposed copy must be rebuilt (the
+        # pretrained loader skips qkv_proj's own load hook when no key carries its name).
+        self.qkv_proj.invalidate()

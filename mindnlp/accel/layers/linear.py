@@ -1,4 +1,5 @@
-"""Linear layer whose CPU path avoids re-transposing the weight on every call.
+"""Linear layers: one whose CPU path avoids re-transposing the weight on every call, and one that
+stacks several projections of the same input (attention's q, k, v) into a single matmul.
 
 Off Ascend, mindnlp's F.linear calls ops.Dense with the [out, in] weight, which transposes it per
 call. A matmul against a contiguous [in, out] copy gives bit-identical results on the CPU backend
@@ -6,6 +7,8 @@ call. A matmul against a contiguous [in, out] copy gives bit-identical results o
 machine, 69 ms -> 4.7 ms for one token and 111 ms -> 11 ms for 40 tokens. Where mindnlp takes its
 pyboost path (Ascend) we call F.linear, the kernel stock calls, so numerics there are stock's.
 """
+from typing import Dict, Sequence
+
 from mindnlp.configs import use_pyboost
 from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
@@ -40,3 +43,59 @@ class Linear(nn.Linear):
 
     def _on_load(self, *args, **kwargs):
         self.invalidate()
+
+
+# (input shape, dtype, in, widths, pyboost) -> whether one matmul equals the per-block ones here.
+_FUSION_EXACT: Dict[tuple, bool] = {}
+# Random probes per check. A different summation order changes only the outputs whose fp32 sums
+# fall near a rounding boundary of the output dtype: about 1 in 1000 fp16 outputs, a few per
+# probe, so one probe can miss it and eight almost never do.
+FUSION_PROBES = 8
+
+
+class FusedLinear(Linear):
+    """Projections of one input stacked as one Linear: weight rows [w_0; w_1; ...], bias likewise.
+
+    Each output element is the same dot product as in the separate Linear, but a matmul kernel may
+    sum it in another order when the output width changes: the 2-thread CPU backend splits the
+    reduction axis across threads for a single row with a narrow output (under ~1024 columns),
+    and sums each column in one pass for a wide one, so q (1536 wide) with k and v (256 each) of
+    Qwen2-VL differs from the 2048-wide fused product in the last bits. So before one matmul
+    serves an input shape, a random layer of this shape compares it bit for bit with the per-block
+    matmuls (one host sync per input shape and dtype, kept for the process; make the decision
+    before compiling a step); where they differ, forward runs one matmul per block and
+    concatenates, which is the separate layers' arithmetic. Only single-token inputs (decode,
+    where launches per step matter) are fused: prompt lengths vary, and a check per length would
+    cost a sync in every prefill, so inputs of several tokens always run per block.
+    """
+
+    def __init__(self, in_features: int, widths: Sequence[int], bias: bool = True, dtype=None):
+        super().__init__(in_features, sum(widths), bias=bias, dtype=dtype)
+        self.widths = tuple(widths)
+
+    def forward(self, input):
+        if input.ndim > 1 and input.shape[-2] != 1:
+            return per_block(self, input)
+        key = (tuple(input.shape), input.dtype, self.in_features, self.widths, use_pyboost())
+        if key not in _FUSION_EXACT:
+            _FUSION_EXACT[key] = self._fusion_is_exact(input.shape, input.dtype)
+        return super().forward(input) if _FUSION_EXACT[key] else per_block(self, input)
+
+    def _fusion_is_exact(self, shape, dtype) -> bool:
+        trial = FusedLinear(self.in_features, self.widths, bias=self.bias is not None).to(dtype)
+        same = []
+        for _ in range(FUSION_PROBES):
+            probe = ops.randn(*shape).to(dtype)
+            same.append(ops.equal(Linear.forward(trial, probe), per_block(trial, probe)).all())
+        return bool(ops.stack(same).all())
+
+
+def per_block(layer: FusedLinear, input):
+    """`layer`'s separate projections, concatenated: F.linear on each row block of its weight
+    (bit-identical to our Linear on the CPU backend, see Linear)."""
+    outs, start = [], 0
+    for width in layer.widths:
+        bias = None if layer.bias is None else layer.bias[start:start + width]
+        outs.append(F.linear(input, layer.weight[start:start + width], bias))
+        start += width
+    return ops.cat(outs, dim=-1)

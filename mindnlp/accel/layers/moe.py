@@ -12,6 +12,7 @@ from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
 
 from .. import device
+from .linear import Linear
 from .moe_experts import (GatedMLP, StackedExperts, dense_outputs, gathered_outputs,
                           grouped_outputs)
 from .moe_router import RouterConfig, route
@@ -51,13 +52,13 @@ class SparseMoe(nn.Module):
             raise ValueError("shared_gate needs a shared expert (shared_intermediate_size)")
         self.router = router
         self.shared_name = shared_name if shared_intermediate_size else None
-        self.gate = nn.Linear(hidden_size, router.num_experts, bias=False, dtype=dtype)
+        self.gate = Linear(hidden_size, router.num_experts, bias=False, dtype=dtype)
         self.experts = StackedExperts(router.num_experts, hidden_size, intermediate_size,
                                       hidden_act, dtype=dtype)
         if self.shared_name:
             self.add_module(shared_name, GatedMLP(hidden_size, shared_intermediate_size,
                                                   hidden_act, dtype=dtype))
-        self.shared_expert_gate = (nn.Linear(hidden_size, 1, bias=False, dtype=dtype)
+        self.shared_expert_gate = (Linear(hidden_size, 1, bias=False, dtype=dtype)
                                    if shared_gate else None)
 
     @classmethod

@@ -7,15 +7,26 @@ Two stock forms exist and we reproduce each with the op stock uses, so tables ma
            init; a forward gathers the rows of its position ids.
   "matmul" (Llama, Qwen2-VL): angles = inv_freq[:, None] @ position_ids[None, :] per forward
            (a K=1 matmul, for M-RoPE once per position stream).
+Stock rotates x as x * cos + rotate_half(x) * sin, rotate_half([x1, x2]) = [-x2, x1]. We compute
+x * cos + swap_halves(x) * sin_signed, sin_signed = [-sin1, sin2] built once per forward: negating
+a factor negates the rounded product exactly, so every element is stock's, without a Neg per call.
 """
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import mindspore
+from mindspore import Tensor
 from mindnlp.core import nn, ops
 
 from ..device import choose
 
 FORMS = ("table", "matmul")
+
+
+class RotaryTables(NamedTuple):
+    """The tables of one forward, each [B, S, head_dim] in the activation dtype."""
+    cos: Tensor
+    sin: Tensor  # stock's sin (the fused Ascend kernel's form)
+    sin_signed: Tensor  # sin with its first half negated (the composite's form)
 
 
 def inverse_frequencies(head_dim: int, base: float):
@@ -25,7 +36,7 @@ def inverse_frequencies(head_dim: int, base: float):
 
 
 class RotaryEmbedding(nn.Module):
-    """Builds (cos, sin), each [B, S, head_dim] in the activation dtype, for the given positions.
+    """Builds RotaryTables, each [B, S, head_dim] in the activation dtype, for the given positions.
 
     position_ids: int [B, S], or [3, B, S] (temporal, height, width streams) when `mrope_section`
     is given; with M-RoPE the head_dim channels are split by mrope_section (doubled, for the two
@@ -64,7 +75,7 @@ class RotaryEmbedding(nn.Module):
             cos, sin = self._cos_sin(self._matmul_angles(position_ids))
         if self.mrope_section is not None:
             cos, sin = self._select_sections(cos), self._select_sections(sin)
-        return cos.to(dtype), sin.to(dtype)
+        return make_tables(cos.to(dtype), sin.to(dtype))
 
     def _matmul_angles(self, position_ids):
         """fp32 angles [..., S, head_dim // 2] for int positions [..., S] ([B, S] or [3, B, S])."""
@@ -87,38 +98,46 @@ class RotaryEmbedding(nn.Module):
         return ops.cat([chunk[i % 3] for i, chunk in enumerate(chunks)], dim=-1)
 
 
-def rotate_half(x):
-    """[x1, x2] -> [-x2, x1] over the last axis (the GPT-NeoX convention stock uses)."""
+def make_tables(cos, sin) -> RotaryTables:
+    """RotaryTables from cos and sin, adding sin_signed = [-sin1, sin2] (negation is exact)."""
+    half = sin.shape[-1] // 2
+    return RotaryTables(cos, sin, ops.cat((-sin[..., :half], sin[..., half:]), dim=-1))
+
+
+def swap_halves(x):
+    """[x1, x2] -> [x2, x1] over the last axis."""
     x1, x2 = ops.split(x, x.shape[-1] // 2, dim=-1)
-    return ops.cat((-x2, x1), dim=-1)
+    return ops.cat((x2, x1), dim=-1)
 
 
-def apply_rotary_composite(x, cos, sin):
-    """x [B, S, N, D]; cos/sin [B, S, 1, D] in x's dtype. Stock's arithmetic, in the same order."""
-    return (x * cos) + (rotate_half(x) * sin)
+def apply_rotary_composite(x, tables: RotaryTables):
+    """x [B, S, N, D]; tables [B, S, 1, D] in x's dtype. Stock's products and sum, in stock's order."""
+    return (x * tables.cos) + (swap_halves(x) * tables.sin_signed)
 
 
-def apply_rotary_fused(x, cos, sin):
+def apply_rotary_fused(x, tables: RotaryTables):
     """Ascend's RotaryPositionEmbedding, rotate_half mode, BSND layout (allowed for decode, S=1)."""
-    return mindspore.ops.rotary_position_embedding(x, cos, sin, 0)
+    return mindspore.ops.rotary_position_embedding(x, tables.cos, tables.sin, 0)
 
 
-def apply_rotary(x, cos, sin):
-    """Rotate x [B, S, N, D] by tables cos/sin [B, S, D] (from RotaryEmbedding.forward).
+def apply_rotary(x, tables: RotaryTables):
+    """Rotate x [B, S, N, D] by the tables of RotaryEmbedding.forward ([B, S, D]).
 
-    On Ascend the fused kernel is used only if it matches the composite bit for bit on this
-    device: in bf16 stock rounds after each multiply and after the add, which a fused kernel
-    computing in fp32 would not reproduce.
+    Every head is rotated alike, so q and k heads side by side in one x are rotated in one call,
+    each exactly as alone. On Ascend the fused kernel is used only if it matches the composite bit
+    for bit on this device: in bf16 stock rounds after each multiply and after the add, which a
+    fused kernel computing in fp32 would not reproduce.
     """
-    if x.shape[:2] != cos.shape[:2] or x.shape[-1] != cos.shape[-1]:
-        raise ValueError(f"rotary tables {tuple(cos.shape)} do not fit x {tuple(x.shape)} (want [B, S, D])")
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    if x.shape[:2] != tables.cos.shape[:2] or x.shape[-1] != tables.cos.shape[-1]:
+        raise ValueError(f"rotary tables {tuple(tables.cos.shape)} do not fit x {tuple(x.shape)} "
+                         f"(want [B, S, D])")
+    tables = RotaryTables(*(table.unsqueeze(2) for table in tables))
     dtype, heads, dim = x.dtype, x.shape[2], x.shape[3]
 
     def make_inputs():
         angles = ops.randn(2, 5, 1, dim)
-        return ops.randn(2, 5, heads, dim).to(dtype), angles.cos().to(dtype), angles.sin().to(dtype)
+        return ops.randn(2, 5, heads, dim).to(dtype), make_tables(angles.cos().to(dtype), angles.sin().to(dtype))
 
     impl = choose(f"rotary_position_embedding/{dtype}/{heads}x{dim}",
                   apply_rotary_fused, apply_rotary_composite, make_inputs)
-    return impl(x, cos, sin)
+    return impl(x, tables)
