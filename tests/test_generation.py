@@ -60,9 +60,10 @@ SYNCS = SyncCounter()
 class _HostLengthCache:
     """A stock DynamicCache and the number of positions written, kept on the host so no forward needs a sync."""
 
-    def __init__(self, num_layers):
+    def __init__(self, num_layers, max_len):
         self.dynamic = DynamicCache(num_layers)
         self.length = 0
+        self.max_len = max_len
 
     def reorder_cache(self, beam_idx):
         self.dynamic.reorder_cache(beam_idx)
@@ -74,7 +75,7 @@ class InterfaceLlama(GreedyGenerationMixin, LlamaForCausalLM):
     forward_calls = 0
 
     def allocate_cache(self, batch_size, max_len):
-        return _HostLengthCache(self.config.num_hidden_layers)
+        return _HostLengthCache(self.config.num_hidden_layers, max_len)
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache=None,
                 cache_position=None, logits_to_keep=0, return_dict=None):

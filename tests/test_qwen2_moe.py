@@ -107,3 +107,10 @@ def test_save_and_reload_gives_identical_logits(ours, stock, tmp_path):
 def test_cache_longer_than_the_rope_table_is_refused(ours):
     with pytest.raises(ValueError, match="max_position_embeddings"):
         ours.allocate_cache(1, ours.config.max_position_embeddings + 1)
+
+
+def test_cache_is_rounded_up_and_reused(ours):
+    first = ours.allocate_cache(1, 30)
+    assert first.max_len >= 30 and first.max_len % 256 == 0
+    assert ours.allocate_cache(1, first.max_len) is first
+    assert ours.allocate_cache(2, 30) is not first

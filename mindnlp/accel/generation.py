@@ -3,8 +3,8 @@
 A model class gets this by listing ``GreedyGenerationMixin`` first among its bases. It must provide:
 
 ``allocate_cache(batch_size, max_len) -> cache``
-    A static KV cache for ``batch_size`` rows and ``max_len`` positions in the model's dtype, owned by the model
-    (it may hand back a reset cache it already holds when the shape fits).
+    A static KV cache for ``batch_size`` rows and at least ``max_len`` positions (``cache.max_len``) in the model's
+    dtype, owned by the model (it may hand back a reset cache it already holds when the shape fits).
 
 ``forward(input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache=None,
 cache_position=None, logits_to_keep=0, return_dict=None, **prefill_inputs)``
@@ -223,9 +223,9 @@ class GreedyGenerationMixin:
         batch_size, prompt_length = prompt.shape[0], prompt.shape[1]
         cache = self.allocate_cache(batch_size, prompt_length + plan.steps - 1)
         mask = plan.attention_mask
-        if plan.steps > 1:
+        if cache.max_len > prompt_length:
             # Written once: later columns are real tokens, and the cache position hides those not yet written.
-            mask = ops.cat([mask, ops.ones((batch_size, plan.steps - 1), mask.dtype)], -1)
+            mask = ops.cat([mask, ops.ones((batch_size, cache.max_len - prompt_length), mask.dtype)], -1)
         position_ids, offset = self.greedy_positions(plan.attention_mask)
         cache_position = _positions(0, prompt_length)
         step_inputs = {"inputs_embeds": plan.inputs_embeds} if plan.inputs_embeds is not None else {
@@ -295,8 +295,9 @@ class GreedyGenerationMixin:
         if model_kwargs.get("past_key_values") is not None:
             raise ValueError(f"{type(self).__name__} owns its KV cache; do not pass `past_key_values`.")
         rows = batch_size * max(generation_config.num_beams, generation_config.num_return_sequences)
-        model_kwargs["past_key_values"] = self.allocate_cache(rows, max_cache_length)
-        model_kwargs["cache_length"] = max_cache_length
+        cache = self.allocate_cache(rows, max_cache_length)
+        model_kwargs["past_key_values"] = cache
+        model_kwargs["cache_length"] = cache.max_len
 
     def _get_initial_cache_position(self, input_ids, model_kwargs):
         if "inputs_embeds" in model_kwargs:

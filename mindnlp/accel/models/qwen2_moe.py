@@ -22,6 +22,8 @@ from ..layers.rotary import RotaryEmbedding
 from ..loading import StackedCheckpointMixin
 from ..registry import StockFallbackMixin
 
+CACHE_LENGTH_STEP = 256
+
 
 def unsupported_reason(config):
     """Why our implementation cannot serve `config` (None when it can)."""
@@ -120,19 +122,24 @@ class Qwen2MoeForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedChec
         return self.model
 
     def allocate_cache(self, batch_size, max_len):
-        """The model's static KV cache for batch_size rows of max_len positions, reused when it fits."""
+        """The model's static KV cache for batch_size rows of at least max_len positions.
+
+        Lengths are rounded up to CACHE_LENGTH_STEP so that successive generate calls (the judge's
+        prefill call, then its decode call, then the next prompt) reuse one allocation.
+        """
         config = self.config
         if max_len > config.max_position_embeddings:
             raise ValueError(f"{max_len} positions exceed max_position_embeddings "
                              f"({config.max_position_embeddings}) of this model")
-        shape = (batch_size, max_len)
-        if self._cache is None or (self._cache.batch_size, self._cache.max_len) != shape:
-            self._cache = None  # free the old buffers before allocating new ones
-            self._cache = StaticKVCache(config.num_hidden_layers, batch_size, config.num_key_value_heads,
-                                        max_len, config.hidden_size // config.num_attention_heads,
-                                        dtype=self.lm_head.weight.dtype)
-        else:
-            self._cache.reset()
+        cache = self._cache
+        if cache is not None and cache.batch_size == batch_size and max_len <= cache.max_len:
+            cache.reset()
+            return cache
+        length = min(-(-max_len // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP, config.max_position_embeddings)
+        self._cache = None  # free the old buffers before allocating new ones
+        self._cache = StaticKVCache(config.num_hidden_layers, batch_size, config.num_key_value_heads, length,
+                                    config.hidden_size // config.num_attention_heads,
+                                    dtype=self.lm_head.weight.dtype)
         return self._cache
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
