@@ -26,13 +26,16 @@ LLM_DIRS = {"qwen2_moe": "Qwen1.5-MoE-A2.7B-Chat", "deepseek": "deepseek-moe-16b
 
 
 def resolve_model(family, args):
-    """(path, description) of the weights to evaluate for family."""
+    """(path, description) of the weights to evaluate for family; a clear exit on a bad directory."""
     import fixtures
+    import judge
 
     if family in args.model_paths:
         path = args.model_paths[family]
-        if not os.path.isdir(path):
-            raise SystemExit(f"--model-path {family}={path}: no such directory")
+        try:
+            judge.check_model_dir(family, path)
+        except judge.FixtureError as err:
+            raise SystemExit(f"--model-path {family}={path}: {err}") from None
         return path, f"weights at {path}"
     downloaded = os.path.join(args.llm_dir, LLM_DIRS[family])
     if os.path.isfile(os.path.join(downloaded, "config.json")):
