@@ -4,6 +4,7 @@ import pytest
 import mindspore
 from mindspore import Tensor
 
+from mindnlp.core import ops
 from mindnlp.accel.cache import StaticKVCache
 
 B, KV, L, D = 2, 3, 8, 4
@@ -82,7 +83,7 @@ def test_valid_flags_and_mask(cache):
     np.testing.assert_array_equal(hidden[:, 0, 0], expected)
     short = cache.attention_mask(slots(3), mindspore.float32, kv_len=4).additive.asnumpy()
     assert short.shape == (B, 1, 1, 4)
-    assert short[0, 0, 0, 0] == np.finfo(np.float32).min and not short[0, 0, 0, 1:].any()
+    assert short[0, 0, 0, 0] == np.float32(ops.finfo(mindspore.float32).min) and not short[0, 0, 0, 1:].any()
 
 
 def test_prefill_mask_is_causal_over_slots(cache):

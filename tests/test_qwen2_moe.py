@@ -44,6 +44,7 @@ def assert_same_generation(a, b):
         np.testing.assert_allclose(x.asnumpy(), y.asnumpy(), rtol=1e-5, atol=1e-4, err_msg=f"step {step}")
 
 
+@pytest.mark.smoke
 def test_auto_class_resolves_to_ours(ours):
     assert isinstance(ours, Ours)
 
@@ -56,6 +57,7 @@ def test_greedy_equals_stock(stock, ours, length, new_tokens):
     assert_same_generation(expected, got)
 
 
+@pytest.mark.smoke
 def test_judge_prompts_equal_stock(stock, ours, fixture_path):
     tokenizer = AutoTokenizer.from_pretrained(fixture_path)
     for _, case in judge.prompt_cases("qwen2_moe", None):
