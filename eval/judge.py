@@ -24,6 +24,7 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 import demo_images
 
@@ -356,7 +357,7 @@ def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=
         resettable = reset_peak_memory()
         phase_start = _status_bytes("VmRSS")
         prompts = []
-        for name, case in cases:
+        for name, case in tqdm(cases, desc=family, unit="prompt"):
             prefill_s, _, _ = _timed_generate(family, model, processor, case, 1)
             e2e_s, output, inputs = _timed_generate(family, model, processor, case, max_new_tokens)
             ids, logits = _new_tokens(output)
