@@ -14,7 +14,6 @@ import math
 
 import mindspore
 from mindspore import mint, ops as msops
-from mindspore.ops.auto_generate import grouped_matmul_v4
 
 from mindnlp.core import nn, ops
 from mindnlp.common.activations import ACT2FN
@@ -97,7 +96,12 @@ def dense_outputs(module: StackedExperts, x, experts):
 
 
 def grouped_mm_ascend(rows, weight, counts, row_experts):
-    """Ascend grouped matmul (group sizes as counts, group_list_type=1)."""
+    """Ascend grouped matmul (group sizes as counts, group_list_type=1).
+
+    Imported here, not at module level: a MindSpore without this kernel then fails the device
+    self-check, which keeps the dense twin, instead of failing the import of the whole model."""
+    from mindspore.ops.auto_generate import grouped_matmul_v4
+
     return grouped_matmul_v4([rows], [weight], group_list=counts, split_item=3, group_type=0,
                              group_list_type=1)[0]
 
