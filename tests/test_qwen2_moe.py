@@ -11,6 +11,7 @@ from mindnlp.transformers.models.qwen2_moe import modeling_qwen2_moe as stock_mo
 import counters
 import fixtures
 import judge
+import passcheck
 from mindnlp.accel.models.qwen2_moe import Qwen2MoeForCausalLM as Ours
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -116,3 +117,20 @@ def test_cache_is_rounded_up_and_reused(ours):
     assert first.max_len >= 30 and first.max_len % 256 == 0
     assert ours.allocate_cache(1, first.max_len) is first
     assert ours.allocate_cache(2, 30) is not first
+
+
+def test_half_precision_follows_stock_dtype_policy(fixture_path):
+    """fp32 hides every cast; in fp16 (the CPU's stand-in for bf16) each of stock's casts and
+    roundings shows, so ours must give stock's tokens and the judge's softmax match per step."""
+    stock16 = stock_module.Qwen2MoeForCausalLM.from_pretrained(fixture_path, ms_dtype=mindspore.float16)
+    ours16 = AutoModelForCausalLM.from_pretrained(fixture_path, ms_dtype=mindspore.float16)
+    assert isinstance(ours16, Ours) and ours16.lm_head.weight.dtype == mindspore.float16
+    tokenizer = AutoTokenizer.from_pretrained(fixture_path)
+    for _, case in judge.prompt_cases("qwen2_moe", None):
+        inputs = judge.prepare_inputs("qwen2_moe", stock16, tokenizer, case)
+        expected = stock16.set_train(False).generate(**inputs, max_new_tokens=8, **GREEDY)
+        got = ours16.set_train(False).generate(**inputs, max_new_tokens=8, **GREEDY)
+        assert got.sequences.asnumpy().tolist() == expected.sequences.asnumpy().tolist()
+        for x, y in zip(expected.logits, got.logits):
+            np.testing.assert_allclose(passcheck.softmax(y.asnumpy()), passcheck.softmax(x.asnumpy()),
+                                       rtol=1e-3, atol=1e-3)
