@@ -78,7 +78,7 @@ class InterfaceLlama(GreedyGenerationMixin, LlamaForCausalLM):
         return _HostLengthCache(self.config.num_hidden_layers, max_len)
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache=None,
-                cache_position=None, logits_to_keep=0, return_dict=None):
+                cache_position=None, logits_to_keep=0, return_dict=None, kv_len=None):
         InterfaceLlama.forward_calls += 1
         new = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         end = cache.length + new

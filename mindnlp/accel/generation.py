@@ -7,12 +7,15 @@ A model class gets this by listing ``GreedyGenerationMixin`` first among its bas
     dtype, owned by the model (it may hand back a reset cache it already holds when the shape fits).
 
 ``forward(input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache=None,
-cache_position=None, logits_to_keep=0, return_dict=None, **prefill_inputs)``
+cache_position=None, logits_to_keep=0, return_dict=None, kv_len=None, **prefill_inputs)``
     Runs ``S`` new positions (``input_ids`` [B, S] or ``inputs_embeds`` [B, S, H]) whose K/V go into ``cache`` at
     ``cache_position`` (device int32 [S]); ``position_ids`` is a device int32 [B, S] (rope positions, which differ
     from cache positions under left padding); ``attention_mask`` is [B, cache max_len] with 1 for real tokens and 0
     for padding, its columns at and after the first unwritten position being 1 (causality masks them); None means
-    no padding. ``logits_to_keep=k`` runs the LM head on the last ``k`` positions only (0 = all).
+    no padding. ``logits_to_keep=k`` runs the LM head on the last ``k`` positions only (0 = all). ``kv_len`` is
+    the number of cache positions filled once this step is written, known on the host: attending over exactly
+    those keys, as stock does, rather than over the whole static cache keeps every sum in stock's order (with
+    the whole cache, masked zeros change the kernels' blocking and so the last bits).
     ``return_dict`` is accepted and ignored. Returns an object whose ``.logits`` is [B, k, vocab] in the dtype
     stock's model returns. ``prefill_inputs`` are the names in ``greedy_prefill_inputs`` (e.g. ``pixel_values``),
     passed on the first call only.
@@ -238,7 +241,7 @@ class GreedyGenerationMixin:
         tokens, logits_per_step, scores_per_step, unfinished_per_step = [], [], [], []
         for step in range(plan.steps):
             outputs = self(**step_inputs, attention_mask=mask, position_ids=position_ids, cache=cache,
-                           cache_position=cache_position, logits_to_keep=1)
+                           cache_position=cache_position, logits_to_keep=1, kv_len=prompt_length + step)
             logits = outputs.logits[:, -1, :]
             scores = logits
             if plan.penalty is not None:
@@ -325,7 +328,8 @@ class GreedyGenerationMixin:
         if first_step:
             model_inputs.update({name: kwargs[name] for name in self.greedy_prefill_inputs if name in kwargs})
         model_inputs.update(attention_mask=attention_mask, position_ids=position_ids, cache=past_key_values,
-                            cache_position=cache_position, logits_to_keep=1)
+                            cache_position=cache_position, logits_to_keep=1,
+                            kv_len=int(cache_position[-1]) + 1)
         return model_inputs
 
     def _update_model_kwargs_for_generation(self, outputs, model_kwargs, is_encoder_decoder=False,

@@ -60,8 +60,8 @@ class Qwen2MoeDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
 
-    def forward(self, hidden, rope, mask, cache, cache_write):
-        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, mask, cache, cache_write)
+    def forward(self, hidden, rope, mask, cache, cache_write, kv_len=None):
+        hidden = hidden + self.self_attn(self.input_layernorm(hidden), rope, mask, cache, cache_write, kv_len)
         return hidden + self.mlp(self.post_attention_layernorm(hidden))
 
 
@@ -79,11 +79,11 @@ class Qwen2MoeModel(nn.Module):
         self.rotary = RotaryEmbedding(head_dim, base=config.rope_theta, form="table",
                                       max_positions=config.max_position_embeddings)
 
-    def forward(self, hidden, position_ids, mask, cache=None, cache_position=None):
+    def forward(self, hidden, position_ids, mask, cache=None, cache_position=None, kv_len=None):
         rope = self.rotary(position_ids, hidden.dtype)
         cache_write = cache.prepare(cache_position) if cache is not None else None
         for layer in self.layers:
-            hidden = layer(hidden, rope, mask, cache, cache_write)
+            hidden = layer(hidden, rope, mask, cache, cache_write, kv_len)
         return self.norm(hidden)
 
 
@@ -143,7 +143,7 @@ class Qwen2MoeForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedChec
         return self._cache
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                cache=None, cache_position=None, logits_to_keep=0, return_dict=None, **unused):
+                cache=None, cache_position=None, logits_to_keep=0, return_dict=None, kv_len=None, **unused):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         if unused.get("labels") is not None or unused.get("output_router_logits"):
@@ -161,8 +161,10 @@ class Qwen2MoeForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedChec
                 ops.ones((batch, cache.max_len), mindspore.int32)
         if position_ids is None:
             position_ids = query_slots.reshape(1, steps).broadcast_to((batch, steps))
+        if kv_len is not None:  # attend over the filled positions only, as stock does (see generation)
+            valid = valid[:, :kv_len]
         mask = build_attention_mask(valid, query_slots, hidden.dtype)
-        hidden = self.model(hidden, position_ids, mask, cache, cache_position)
+        hidden = self.model(hidden, position_ids, mask, cache, cache_position, kv_len)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden).float()
