@@ -130,3 +130,8 @@ def test_half_precision_follows_stock_dtype_policy(fixture_path):
         expected = stock16.set_train(False).generate(**inputs, max_new_tokens=8, **GREEDY)
         got = ours16.set_train(False).generate(**inputs, max_new_tokens=8, **GREEDY)
         assert_same_generation(expected, got)
+
+
+def test_loading_options_our_layouts_cannot_take_build_stock(fixture_path):
+    model = AutoModelForCausalLM.from_pretrained(fixture_path, low_cpu_mem_usage=True)
+    assert type(model) is stock_module.Qwen2MoeForCausalLM

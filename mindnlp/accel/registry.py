@@ -140,9 +140,13 @@ class StockFallbackMixin:
         raise NotImplementedError(f"{cls.__name__} must say which configs it supports")
 
     @classmethod
-    def _fallback_for(cls, config):
-        """The stock class to use instead of ours for ``config``, or None when ours supports it."""
+    def _fallback_for(cls, config, load_kwargs=None):
+        """The stock class to use instead of ours for ``config`` (and loading options), or None."""
         ok, reason = cls.supports(config)
+        load_kwargs = load_kwargs or {}
+        unsupported = sorted(key for key in _UNSUPPORTED_LOAD_KWARGS if load_kwargs.get(key) not in (None, False))
+        if ok and unsupported:
+            ok, reason = False, f"loading with {', '.join(unsupported)} (our stacked layouts load tensor by tensor)"
         if ok:
             return None
         stock = stock_class(config.model_type)
@@ -173,11 +177,15 @@ class StockFallbackMixin:
             # Read the config only to decide; the chosen class loads it again exactly as stock would.
             location = {key: kwargs[key] for key in _CONFIG_LOCATION_KWARGS if key in kwargs}
             config = cls.config_class.from_pretrained(config or pretrained_model_name_or_path, **location)
-        stock = cls._fallback_for(config)
+        stock = cls._fallback_for(config, kwargs)
         if stock is not None:
             return stock.from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, *model_args, **kwargs)
 
+
+# from_pretrained arguments whose loaders assign only parameters named in state_dict(), skipping the
+# checkpoint slots our fused and stacked layers fill: with any of them set, the stock class loads.
+_UNSUPPORTED_LOAD_KWARGS = ("low_cpu_mem_usage", "device_map")
 
 # from_pretrained arguments that say where the config file is.
 _CONFIG_LOCATION_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "resume_download",
