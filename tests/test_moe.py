@@ -9,11 +9,11 @@ import mindspore
 from mindspore import Tensor
 
 from mindnlp.transformers import Qwen2MoeConfig
-from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeSparseMoeBlock
+from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeMLP, Qwen2MoeSparseMoeBlock
 
 from mindnlp.accel.layers import moe as moe_module
 from mindnlp.accel.layers.moe import SparseMoe, combine_in_expert_order
-from mindnlp.accel.layers.moe_experts import (dense_outputs, gathered_outputs, grouped_mm_twin,
+from mindnlp.accel.layers.moe_experts import (GatedMLP, dense_outputs, gathered_outputs, grouped_mm_twin,
                                              grouped_outputs)
 from mindnlp.accel.layers.moe_router import RouterConfig, route
 from mindnlp.accel.loading import hf_state_dict
@@ -114,13 +114,36 @@ def deepseek_config(norm_topk_prob):
 def test_deepseek_configuration_matches_float64_reference(tokens, norm_topk_prob):
     ours = SparseMoe.from_deepseek_config(deepseek_config(norm_topk_prob))
     names = {n for n, _ in ours.named_parameters()}
-    assert "shared_experts.gate_up_weight" in names and "shared_expert_gate.weight" not in names
-    assert ours.shared_experts.down_weight.shape == (2 * INTER, HIDDEN)
+    assert "shared_experts.gate_up_proj.weight" in names and "shared_expert_gate.weight" not in names
+    assert ours.shared_experts.down_proj.weight.shape == (HIDDEN, 2 * INTER)
     x = random_hidden((tokens, HIDDEN), seed=11)
     expected = numpy_moe(x.asnumpy().astype(np.float64), float64_state(ours), top_k=3,
                          norm_topk_prob=norm_topk_prob, shared_name="shared_experts",
                          shared_gated=False, norm_eps=1e-20)
     np.testing.assert_allclose(ours(x).asnumpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [mindspore.float32, mindspore.float16])
+@pytest.mark.parametrize("shape", [(1, HIDDEN), (1, 1, HIDDEN), (17, HIDDEN), (2, 5, HIDDEN)])
+def test_gated_mlp_is_bitwise_stock_mlp(shape, dtype):
+    """The shared expert / dense MLP against stock's, for single tokens (gate and up fused where
+    checked exact) and several (per block); the load after a forward must refresh the CPU
+    transposed copies, and saving gives back stock's tensors."""
+    mindspore.set_seed(0)
+    stock = Qwen2MoeMLP(qwen_config(), intermediate_size=SHARED)
+    if dtype == mindspore.float16:
+        stock.half()
+    ours = GatedMLP(HIDDEN, SHARED, dtype=dtype)
+    x = random_hidden(shape, seed=3, dtype=dtype)
+    ours(x)
+    ours.load_state_dict(stock.state_dict())
+    got, expected = ours(x), stock(x)
+    assert got.dtype == expected.dtype
+    np.testing.assert_array_equal(got.asnumpy(), expected.asnumpy())
+    saved = hf_state_dict(ours)
+    assert set(saved) == set(stock.state_dict())
+    for name, tensor in stock.state_dict().items():
+        np.testing.assert_array_equal(saved[name].asnumpy(), tensor.asnumpy(), err_msg=name)
 
 
 def test_deepseek_rejects_other_scoring():

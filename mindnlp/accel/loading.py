@@ -3,8 +3,9 @@
 A checkpoint stores every expert's projections as separate Linear weights
 (`mlp.experts.{j}.gate_proj.weight`, [out, in]). Our layers hold them stacked and
 transposed once, in the layout the matmuls read (`gate_up_weight` [E, in, 2*out]).
-Attention's q/k/v projections are fused the other way: their [out, in] weights stacked
-as row blocks of one Linear (`qkv_proj.weight`), untransposed, as F.linear reads them.
+Attention's q/k/v projections, and a dense MLP's gate/up projections, are fused the other
+way: their [out, in] weights stacked as row blocks of one Linear (`qkv_proj.weight`,
+`gate_up_proj.weight`), untransposed, as F.linear reads them.
 Each checkpoint tensor is copied into its slice of the preallocated parameter as it
 arrives and then dropped, so a load never holds a second copy of the weights.
 A module built this way subclasses `SlotLoadedModule` and lists its `checkpoint_slots`;
@@ -32,9 +33,11 @@ class CheckpointSlot:
     param: our parameter that receives it (a dotted path for a submodule's parameter),
         transposed ([out, in] -> [in, out]) unless `rows` is given.
     block, blocks: it fills column block `block` of `blocks` equal blocks of the last axis
-        (gate and up share one parameter, gate first, as the fused matmul splits it).
+        (stacked experts' gate and up share one parameter, gate first, as the fused matmul
+        splits it).
     rows: (start, stop): it fills these rows of the first axis as it is, untransposed
-        (q, k and v of unequal sizes stacked in one [out, in] weight or [out] bias).
+        (q, k and v of unequal sizes stacked in one [out, in] weight or [out] bias; a dense
+        MLP's gate and up).
     """
 
     name: str
@@ -58,18 +61,14 @@ class CheckpointSlot:
         return self.name.format(expert=expert) if expert is not None else self.name
 
 
-def gated_mlp_slots(prefix: str = "") -> Tuple[CheckpointSlot, ...]:
-    """Slots of a gate/up/down MLP whose checkpoint names start with `prefix`."""
-    return (
-        CheckpointSlot(prefix + "gate_proj.weight", "gate_up_weight", block=0, blocks=2),
-        CheckpointSlot(prefix + "up_proj.weight", "gate_up_weight", block=1, blocks=2),
-        CheckpointSlot(prefix + "down_proj.weight", "down_weight"),
-    )
-
-
-EXPERT_SLOTS = gated_mlp_slots(_EXPERT_FIELD + ".")
-MLP_SLOTS = gated_mlp_slots()
+# Stacked experts: gate and up transposed into column blocks of one [E, in, 2*out] parameter.
+EXPERT_SLOTS = (
+    CheckpointSlot(_EXPERT_FIELD + ".gate_proj.weight", "gate_up_weight", block=0, blocks=2),
+    CheckpointSlot(_EXPERT_FIELD + ".up_proj.weight", "gate_up_weight", block=1, blocks=2),
+    CheckpointSlot(_EXPERT_FIELD + ".down_proj.weight", "down_weight"),
+)
 QKV_PARAMS = ("qkv_proj.weight", "qkv_proj.bias")
+GATE_UP_PARAM = "gate_up_proj.weight"
 
 
 def qkv_slots(q_rows: int, kv_rows: int, bias: bool) -> Tuple[CheckpointSlot, ...]:
@@ -78,6 +77,13 @@ def qkv_slots(q_rows: int, kv_rows: int, bias: bool) -> Tuple[CheckpointSlot, ..
     kinds = ("weight", "bias") if bias else ("weight",)
     return tuple(CheckpointSlot(f"{name}_proj.{kind}", f"qkv_proj.{kind}", rows=rows)
                  for kind in kinds for name, rows in bounds.items())
+
+
+def gate_up_slots(rows: int) -> Tuple[CheckpointSlot, ...]:
+    """Slots of gate_proj and up_proj ([rows, in] each) stacked in that order as row blocks of
+    `gate_up_proj` (a dense MLP's down_proj is a plain Linear under its own name)."""
+    return (CheckpointSlot("gate_proj.weight", GATE_UP_PARAM, rows=(0, rows)),
+            CheckpointSlot("up_proj.weight", GATE_UP_PARAM, rows=(rows, 2 * rows)))
 
 
 class MissingCheckpointWeightsError(RuntimeError):
@@ -215,7 +221,7 @@ def hf_state_dict(model: nn.Module) -> Dict[str, mindspore.Tensor]:
 
 
 def _slot_param_pattern() -> str:
-    params = sorted({slot.param for slot in EXPERT_SLOTS + MLP_SLOTS} | set(QKV_PARAMS))
+    params = sorted({slot.param for slot in EXPERT_SLOTS} | set(QKV_PARAMS) | {GATE_UP_PARAM})
     return r"\.(" + "|".join(re.escape(p) for p in params) + r")$"
 
 

@@ -40,8 +40,8 @@ class SparseMoe(nn.Module):
 
     Parameters keep the checkpoint's module names: `gate.weight` [E, H] (the router),
     `experts.gate_up_weight` [E, H, 2I], `experts.down_weight` [E, I, H],
-    `<shared_name>.gate_up_weight` [H, 2S], `<shared_name>.down_weight` [S, H] and, when gated,
-    `shared_expert_gate.weight` [1, H]. forward: hidden_states [..., H] -> [..., H].
+    `<shared_name>.gate_up_proj.weight` [2S, H], `<shared_name>.down_proj.weight` [H, S] and,
+    when gated, `shared_expert_gate.weight` [1, H]. forward: hidden_states [..., H] -> [..., H].
     """
 
     def __init__(self, hidden_size, intermediate_size, router: RouterConfig,

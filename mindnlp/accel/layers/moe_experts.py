@@ -18,7 +18,8 @@ from mindspore import mint, ops as msops
 from mindnlp.core import nn, ops
 from mindnlp.common.activations import ACT2FN
 
-from ..loading import EXPERT_SLOTS, MLP_SLOTS, SlotLoadedModule
+from ..loading import EXPERT_SLOTS, SlotLoadedModule, gate_up_slots
+from .linear import FusedLinear, Linear
 
 
 def _uniform_like_linear(param, fan_in):
@@ -34,24 +35,32 @@ def _swiglu(fused, act):
 
 
 class GatedMLP(SlotLoadedModule):
-    """A dense gate/up/down MLP with gate and up fused: gate_up_weight [H, 2I], down_weight [I, H].
+    """Stock's gate/up/down MLP, down_proj(act(gate_proj(x)) * up_proj(x)), on our Linear layers.
 
-    Loads from `gate_proj.weight`, `up_proj.weight`, `down_proj.weight` (the shared experts).
+    gate and up are the row blocks of `gate_up_proj` ([2I, H], stock's [out, in] layout), so each
+    output is the dot product stock's F.linear computes (FusedLinear runs one matmul only where
+    it checked that this sums alike, per block otherwise); `down_proj` is a Linear [H, I].
+    Checkpoint names are Hugging Face's: `gate_proj.weight` and `up_proj.weight` load into their
+    rows of `gate_up_proj` and are saved under those names by loading.hf_state_dict;
+    `down_proj.weight` is down_proj's own. Used for shared experts and dense MLP layers.
     """
-
-    checkpoint_slots = MLP_SLOTS
 
     def __init__(self, hidden_size, intermediate_size, hidden_act="silu", dtype=None):
         super().__init__()
         self.act = ACT2FN[hidden_act]
-        self.gate_up_weight = nn.Parameter(ops.empty((hidden_size, 2 * intermediate_size), dtype=dtype))
-        self.down_weight = nn.Parameter(ops.empty((intermediate_size, hidden_size), dtype=dtype))
-        _uniform_like_linear(self.gate_up_weight, hidden_size)
-        _uniform_like_linear(self.down_weight, intermediate_size)
+        self.checkpoint_slots = gate_up_slots(intermediate_size)
+        self.gate_up_proj = FusedLinear(hidden_size, (intermediate_size, intermediate_size), bias=False,
+                                        dtype=dtype)
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False, dtype=dtype)
 
     def forward(self, x):
-        hidden = _swiglu(mint.matmul(x, self.gate_up_weight), self.act)
-        return mint.matmul(hidden, self.down_weight)
+        return self.down_proj(_swiglu(self.gate_up_proj(x), self.act))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args):
+        super()._load_from_state_dict(state_dict, prefix, *args)
+        # The slots wrote gate_up_proj.weight in place; its CPU transposed copy must be rebuilt
+        # (the pretrained loader skips gate_up_proj's own load hook when no key carries its name).
+        self.gate_up_proj.invalidate()
 
 
 class StackedExperts(SlotLoadedModule):
