@@ -142,6 +142,11 @@ class SlotLoadedModule(nn.Module):
                     f"checkpoint, the shape in current model is {expected}.")
         param[index] = (tensor.T if slot.transposed else tensor).to(param.dtype)
         self._filled_slots.add((slot, expert))
+        # A layer that caches a derived copy of its weight (Linear's CPU transpose) must rebuild it:
+        # the stock loader runs that layer's own load hook only when a key carries its name.
+        owner = functools.reduce(getattr, slot.param.split(".")[:-1], self)
+        if hasattr(owner, "invalidate"):
+            owner.invalidate()
         return None
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,

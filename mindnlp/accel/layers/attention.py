@@ -165,9 +165,3 @@ class Attention(SlotLoadedModule):
             k, v = cache.read(self.layer_idx, kv_len)
         out = attend(q, k, v, mask, fused=self.fused)
         return self.o_proj(out.swapaxes(1, 2).reshape(batch, steps, heads * dim))
-
-    def _load_from_state_dict(self, state_dict, prefix, *args):
-        super()._load_from_state_dict(state_dict, prefix, *args)
-        # The slots wrote qkv_proj.weight in place; its CPU transposed copy must be rebuilt (the
-        # pretrained loader skips qkv_proj's own load hook when no key carries its name).
-        self.qkv_proj.invalidate()

@@ -56,12 +56,6 @@ class GatedMLP(SlotLoadedModule):
     def forward(self, x):
         return self.down_proj(_swiglu(self.gate_up_proj(x), self.act))
 
-    def _load_from_state_dict(self, state_dict, prefix, *args):
-        super()._load_from_state_dict(state_dict, prefix, *args)
-        # The slots wrote gate_up_proj.weight in place; its CPU transposed copy must be rebuilt
-        # (the pretrained loader skips gate_up_proj's own load hook when no key carries its name).
-        self.gate_up_proj.invalidate()
-
 
 class StackedExperts(SlotLoadedModule):
     """E routed experts: gate_up_weight [E, H, 2I] (gate then up), down_weight [E, I, H].
