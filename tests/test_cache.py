@@ -6,6 +6,7 @@ from mindspore import Tensor
 
 from mindnlp.core import ops
 from mindnlp.accel.cache import StaticKVCache
+from mindnlp.accel.layers.attention import build_attention_mask
 
 B, KV, L, D = 2, 3, 8, 4
 
@@ -31,7 +32,6 @@ def test_starts_empty(cache):
     keys, values = cache.read(0)
     assert keys.shape == (B, KV, L, D) and values.shape == (B, KV, L, D)
     assert not keys.asnumpy().any() and not values.asnumpy().any()
-    assert not cache.valid.asnumpy().any()
 
 
 def test_writes_land_at_arbitrary_slots_only(cache):
@@ -71,31 +71,25 @@ def test_one_prepared_index_serves_every_layer(cache):
         np.testing.assert_array_equal(values, -k)
 
 
-def test_valid_flags_and_mask(cache):
-    prompt = cache.prepare(slots(0, 1, 2))
-    cache.mark_valid(prompt, tensor([[0, 1, 1], [1, 1, 1]], mindspore.int32))
-    cache.mark_valid(cache.prepare(slots(3)), tensor([[1], [1]], mindspore.int32))
-    hidden = cache.attention_mask(slots(3), mindspore.float32).hidden.asnumpy()
+def test_decode_mask_over_the_cache_row():
+    """The caller's mask covers the whole cache (1 for every slot after the prompt); padding and
+    slots after the query (unwritten, or a previous call's) stay hidden, so a reused cache needs no clearing."""
+    valid = tensor([[0, 1, 1, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1, 1, 1]], mindspore.int32)
+    hidden = build_attention_mask(valid, slots(3), mindspore.float32).hidden.asnumpy()
     assert hidden.shape == (B, 1, 1, L)
     expected = np.ones((B, L), bool)
     expected[0, 1:4] = False
     expected[1, 0:4] = False
     np.testing.assert_array_equal(hidden[:, 0, 0], expected)
-    short = cache.attention_mask(slots(3), mindspore.float32, kv_len=4).additive.asnumpy()
+    short = build_attention_mask(valid[:, :4], slots(3), mindspore.float32).additive.asnumpy()
     assert short.shape == (B, 1, 1, 4)
     assert short[0, 0, 0, 0] == np.float32(ops.finfo(mindspore.float32).min) and not short[0, 0, 0, 1:].any()
 
 
-def test_prefill_mask_is_causal_over_slots(cache):
-    cache.mark_valid(cache.prepare(slots(0, 1, 2)), tensor([[1, 1, 1], [1, 1, 1]], mindspore.int32))
-    hidden = cache.attention_mask(slots(0, 1, 2), mindspore.float32, kv_len=3).hidden.asnumpy()
+def test_prefill_mask_is_causal_over_slots():
+    valid = tensor(np.ones((B, 3)), mindspore.int32)
+    hidden = build_attention_mask(valid, slots(0, 1, 2), mindspore.float32).hidden.asnumpy()
     np.testing.assert_array_equal(hidden[0, 0], np.triu(np.ones((3, 3), bool), k=1))
-
-
-def test_reset_clears_valid(cache):
-    cache.mark_valid(cache.prepare(slots(0, 1)), tensor([[1, 1], [1, 1]], mindspore.int32))
-    cache.reset()
-    assert not cache.valid.asnumpy().any()
 
 
 def test_read_prefix(cache):
@@ -126,10 +120,8 @@ def test_reorder_cache_moves_whole_rows():
     where = cache.prepare(Tensor(np.arange(4, dtype=np.int32)))
     for layer in range(2):
         cache.write(layer, where, keys + layer, -keys)
-    cache.mark_valid(where, Tensor(np.array([[1, 1, 1, 1], [0, 1, 1, 1], [0, 0, 1, 1]], np.int32)))
     cache.reorder_cache(Tensor(np.array([2, 2, 0], np.int32)))
     got_keys, got_values = cache.read(1)
     expected = keys.asnumpy()[[2, 2, 0]]
     np.testing.assert_array_equal(got_keys.asnumpy(), expected + 1)
     np.testing.assert_array_equal(got_values.asnumpy(), -expected)
-    np.testing.assert_array_equal(cache.valid.asnumpy().T, [[0, 0, 1, 1], [0, 0, 1, 1], [1, 1, 1, 1]])

@@ -487,8 +487,8 @@ def test_decode_step_launches_one_projection_matmul_and_one_rotation():
     x = tensor(np.random.default_rng(17).standard_normal((1, 1, 64)))
     for t in range(2):  # the second step is measured; the first decides the projection's fusion
         where = cache.prepare(ops.arange(t, t + 1, dtype=mindspore.int32))
-        cache.mark_valid(where, ops.ones((1, 1), dtype=mindspore.int32))
-        tables, mask = rope(tensor([[t]], mindspore.int64), F32), cache.attention_mask(where.slots, F32)
+        tables = rope(tensor([[t]], mindspore.int64), F32)
+        mask = build_attention_mask(ops.ones((1, 8), dtype=mindspore.int32), where.slots, F32)
         with counters.count_region() as region:
             attn(x, tables, mask, cache, where)
     launched = region.counts.steps[0].ops
@@ -510,12 +510,13 @@ def test_decode_over_static_cache_equals_prefill(fixed_shape):
     want = attn(x, rope(positions, F32), full_mask).asnumpy()
 
     cache = StaticKVCache(1, 2, 2, max_len, 8)
+    # The caller's mask over the whole cache, as the model passes it: padding 0, every later slot 1.
+    cache_mask = np.concatenate([PADDED, np.ones((2, max_len - total), PADDED.dtype)], axis=1)
     got = []
     for start, stop in [(0, prompt)] + [(t, t + 1) for t in range(prompt, total)]:
         where = cache.prepare(ops.arange(start, stop, dtype=mindspore.int32))
-        cache.mark_valid(where, tensor(PADDED[:, start:stop], mindspore.int32))
         kv_len = None if fixed_shape else stop
-        mask = cache.attention_mask(where.slots, F32, kv_len=kv_len)
+        mask = build_attention_mask(tensor(cache_mask[:, :kv_len], mindspore.int32), where.slots, F32)
         out = attn(x[:, start:stop], rope(positions[:, start:stop], F32), mask, cache=cache,
                    cache_write=where, kv_len=kv_len)
         got.append(out.asnumpy())
@@ -531,7 +532,8 @@ def test_attention_with_cache_needs_write_index():
     x = ops.randn(1, 1, 16)
     tables = RotaryEmbedding(8)(ops.zeros((1, 1), dtype=mindspore.int64), F32)
     with pytest.raises(ValueError, match="cache_write"):
-        attn(x, tables, cache.attention_mask(arange(1), F32), cache=cache)
+        attn(x, tables, build_attention_mask(ops.ones((1, 4), dtype=mindspore.int32), arange(1), F32),
+             cache=cache)
 
 
 def test_attention_rejects_bad_head_counts():

@@ -9,11 +9,11 @@ Slots. Slot t holds the t-th token of the padded batch (prompt padding included)
 for every row. A step that feeds S tokens writes slots given by an int32 device tensor [S];
 `prepare(slots)` turns them into the row index every layer reuses in that step.
 
-Valid length and mask. `valid` is an int32 Parameter [max_len, B]: 1 where slot t of row b holds a
-real token, 0 for left padding and for slots not written yet (all 0 after `reset`). The attention
-mask of a step is derived from it (`attention_mask`): a query at slot q sees slot t iff
-valid[t, b] == 1 and t <= q. Nothing else tracks the length, so decode shapes never change;
-a caller that knows the filled length on the host may pass `kv_len` to read only that prefix.
+Masking. The cache holds no validity flags: the caller's attention mask ([B, T], 1 for real tokens)
+and the query slots decide what a query sees (layers.attention.build_attention_mask). Slots a step
+has not written yet, or that hold a previous call's tokens, lie after every query slot and are
+hidden by causality, so reusing a cache needs no clearing. A caller that knows the filled length on
+the host may pass `kv_len` to read only that prefix.
 """
 from typing import NamedTuple, Optional
 
@@ -21,8 +21,6 @@ import numpy as np
 import mindspore
 from mindspore import Parameter, Tensor
 from mindnlp.core import ops
-
-from .layers.attention import AttentionMask, build_attention_mask
 
 
 class CacheWrite(NamedTuple):
@@ -49,14 +47,8 @@ class StaticKVCache:
 
         self.keys = [buffer(f"kv_cache.{i}.keys") for i in range(num_layers)]
         self.values = [buffer(f"kv_cache.{i}.values") for i in range(num_layers)]
-        self.valid = Parameter(Tensor(np.zeros((max_len, batch_size), np.int32)), name="kv_cache.valid",
-                               requires_grad=False)
         # First row of each (sequence, kv head) block: [B * kv_heads, 1].
         self._block_start = Tensor(np.arange(batch_size * num_kv_heads, dtype=np.int32)[:, None] * max_len)
-
-    def reset(self) -> None:
-        """Mark every slot empty. Stale keys and values may stay: masks never let anyone see them."""
-        mindspore.ops.assign(self.valid, mindspore.ops.zeros_like(self.valid))
 
     def prepare(self, slots: Tensor) -> CacheWrite:
         """Index for writing `slots` (int32 [S], on device); compute once per step, share across layers."""
@@ -80,11 +72,6 @@ class StaticKVCache:
         per_row = (self.batch_size, -1)
         for buffer in self.keys + self.values:
             mindspore.ops.assign(buffer, buffer.reshape(per_row)[index].reshape(buffer.shape))
-        mindspore.ops.assign(self.valid, self.valid[:, index])
-
-    def mark_valid(self, where: CacheWrite, flags: Tensor) -> None:
-        """Record which written slots hold real tokens: flags [B, S] (1 real, 0 padding)."""
-        mindspore.ops.scatter_update(self.valid, where.slots, flags.astype(mindspore.int32).swapaxes(0, 1))
 
     def read(self, layer: int, kv_len: Optional[int] = None):
         """Keys and values of `layer` as [B, kv_heads, T, head_dim], T = kv_len or max_len."""
@@ -94,14 +81,6 @@ class StaticKVCache:
             return keys, values
         self._check_len(kv_len)
         return keys[:, :, :kv_len], values[:, :, :kv_len]
-
-    def attention_mask(self, query_slots: Tensor, dtype, kv_len: Optional[int] = None) -> AttentionMask:
-        """Mask [B, 1, S, T] for queries at `query_slots` (int [S]) over the cached slots [0, T)."""
-        valid = self.valid.swapaxes(0, 1)
-        if kv_len is not None and kv_len != self.max_len:
-            self._check_len(kv_len)
-            valid = valid[:, :kv_len]
-        return build_attention_mask(valid, query_slots, dtype)
 
     def _check_len(self, kv_len: int) -> None:
         if not 0 < kv_len <= self.max_len:

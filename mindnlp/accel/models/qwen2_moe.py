@@ -133,7 +133,6 @@ class Qwen2MoeForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedChec
                              f"({config.max_position_embeddings}) of this model")
         cache = self._cache
         if cache is not None and cache.batch_size == batch_size and max_len <= cache.max_len:
-            cache.reset()
             return cache
         length = min(-(-max_len // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP, config.max_position_embeddings)
         self._cache = None  # free the old buffers before allocating new ones
