@@ -1,4 +1,4 @@
-"""StaticKVCache: in-place overwrites at device-tensor slots, valid flags, masks, reads."""
+"""StaticKVCache: in-place overwrites at device-tensor slots, masks, reads."""
 import numpy as np
 import pytest
 import mindspore
@@ -19,6 +19,10 @@ def slots(*values):
     return tensor(values, mindspore.int32)
 
 
+def write(cache, layer, where, keys, values):
+    cache.write(layer, where, ops.cat((tensor(keys), tensor(values)), 1))
+
+
 def random_kv(rng, steps):
     return rng.standard_normal((B, KV, steps, D)).astype(np.float32)
 
@@ -37,7 +41,7 @@ def test_starts_empty(cache):
 def test_writes_land_at_arbitrary_slots_only(cache):
     rng = np.random.default_rng(0)
     k, v = random_kv(rng, 2), random_kv(rng, 2)
-    cache.write(1, cache.prepare(slots(5, 2)), tensor(k), tensor(v))
+    write(cache, 1, cache.prepare(slots(5, 2)), k, v)
     keys, values = (t.asnumpy() for t in cache.read(1))
     np.testing.assert_array_equal(keys[:, :, 5], k[:, :, 0])
     np.testing.assert_array_equal(keys[:, :, 2], k[:, :, 1])
@@ -51,9 +55,9 @@ def test_writes_land_at_arbitrary_slots_only(cache):
 def test_write_overwrites_rather_than_adds(cache):
     rng = np.random.default_rng(1)
     where = cache.prepare(slots(3))
-    cache.write(0, where, tensor(random_kv(rng, 1)), tensor(random_kv(rng, 1)))
+    write(cache, 0, where, random_kv(rng, 1), random_kv(rng, 1))
     k, v = random_kv(rng, 1), random_kv(rng, 1)
-    cache.write(0, where, tensor(k), tensor(v))
+    write(cache, 0, where, k, v)
     keys, values = (t.asnumpy() for t in cache.read(0))
     np.testing.assert_array_equal(keys[:, :, 3], k[:, :, 0])
     np.testing.assert_array_equal(values[:, :, 3], v[:, :, 0])
@@ -64,7 +68,7 @@ def test_one_prepared_index_serves_every_layer(cache):
     where = cache.prepare(slots(0, 1, 2))
     written = [random_kv(rng, 3) for _ in range(2)]
     for layer, k in enumerate(written):
-        cache.write(layer, where, tensor(k), tensor(-k))
+        write(cache, layer, where, k, -k)
     for layer, k in enumerate(written):
         keys, values = (t.asnumpy() for t in cache.read(layer, kv_len=3))
         np.testing.assert_array_equal(keys, k)
@@ -104,9 +108,9 @@ def test_bad_kv_len(cache, kv_len):
 
 
 def test_bad_write_shape(cache):
-    wrong = tensor(np.zeros((B, KV, 2, D), np.float32))
+    wrong = tensor(np.zeros((B, 2 * KV, 2, D), np.float32))
     with pytest.raises(ValueError, match="cache write"):
-        cache.write(0, cache.prepare(slots(1)), wrong, wrong)
+        cache.write(0, cache.prepare(slots(1)), wrong)
 
 
 def test_bad_construction():
@@ -119,7 +123,7 @@ def test_reorder_cache_moves_whole_rows():
     keys = Tensor(np.arange(3 * 2 * 4 * 2, dtype=np.float32).reshape(3, 2, 4, 2))
     where = cache.prepare(Tensor(np.arange(4, dtype=np.int32)))
     for layer in range(2):
-        cache.write(layer, where, keys + layer, -keys)
+        cache.write(layer, where, ops.cat((keys + layer, -keys), 1))
     cache.reorder_cache(Tensor(np.array([2, 2, 0], np.int32)))
     got_keys, got_values = cache.read(1)
     expected = keys.asnumpy()[[2, 2, 0]]

@@ -82,10 +82,12 @@ class InterfaceLlama(GreedyGenerationMixin, LlamaForCausalLM):
         InterfaceLlama.forward_calls += 1
         new = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         end = cache.length + new
-        assert attention_mask.ndim == 2 and attention_mask.shape[1] >= end
+        if attention_mask is not None:  # None: no padding
+            assert attention_mask.ndim == 2 and attention_mask.shape[1] >= end
+            attention_mask = attention_mask[:, :end]
         with SYNCS.paused():
             outputs = LlamaForCausalLM.forward(
-                self, input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask[:, :end],
+                self, input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                 position_ids=position_ids, past_key_values=cache.dynamic, cache_position=cache_position,
                 num_logits_to_keep=logits_to_keep, use_cache=True, return_dict=True,
             )

@@ -18,7 +18,7 @@ from mindnlp.accel.cache import StaticKVCache
 from mindnlp.accel.layers import linear as linear_module
 from mindnlp.accel.loading import hf_state_dict
 from mindnlp.accel.layers import (Attention, FusedLinear, Linear, RMSNorm, RotaryEmbedding, apply_rotary, attend,
-                                  attention_eager, build_attention_mask)
+                                  attention_eager, build_attention_mask, with_identity_group)
 
 F32 = mindspore.float32
 F16 = mindspore.float16
@@ -54,6 +54,17 @@ def assert_bits_equal(got, want):
     assert got.dtype == want.dtype and got.shape == want.shape
     bits = {2: np.uint16, 4: np.uint32}[got.itemsize]
     np.testing.assert_array_equal(got.view(bits), want.view(bits))
+
+
+def assert_values_equal(got, want):
+    """Equal values, exactly: the bits of every nonzero element, while +0 equals -0.
+
+    The rotary composite sums its two products over an axis, and that sum starts from +0, so where
+    both products are zeros of sign - it returns +0 and stock -0; nothing downstream can tell.
+    """
+    got, want = got.asnumpy(), want.asnumpy()
+    assert got.dtype == want.dtype and got.shape == want.shape
+    np.testing.assert_array_equal(got, want)
 
 
 # ---------------------------------------------------------------- RMSNorm
@@ -137,7 +148,7 @@ def test_rope_table_form_is_stock_qwen2_moe(dtype):
     x_bnsd = x.swapaxes(1, 2)
     stock_cos, stock_sin = stock(x_bnsd, seq_len=9)
     want, _ = qwen2_moe.apply_rotary_pos_emb(x_bnsd, x_bnsd, stock_cos, stock_sin, tensor(positions, mindspore.int64))
-    assert_bits_equal(apply_rotary(x, tables), want.swapaxes(1, 2))
+    assert_values_equal(apply_rotary(x, tables), want.swapaxes(1, 2))
 
 
 def test_rope_matmul_form_is_stock_llama():
@@ -146,11 +157,11 @@ def test_rope_matmul_form_is_stock_llama():
     stock = llama.LlamaRotaryEmbedding(config=config)
     stock_cos, stock_sin = stock(x, tensor(positions, mindspore.int64))
     tables = RotaryEmbedding(16, base=10000.0)(tensor(positions, mindspore.int64), F32)
-    assert_bits_equal(tables.cos, stock_cos)
-    assert_bits_equal(tables.sin, stock_sin)
+    assert_bits_equal(tables.cos[:, :, 0], stock_cos)
+    assert_bits_equal(tables.sin[:, :, 0], stock_sin)
     x_bnsd = x.swapaxes(1, 2)
     want, _ = llama.apply_rotary_pos_emb(x_bnsd, x_bnsd, stock_cos, stock_sin)
-    assert_bits_equal(apply_rotary(x, tables), want.swapaxes(1, 2))
+    assert_values_equal(apply_rotary(x, tables), want.swapaxes(1, 2))
 
 
 def test_mrope_is_stock_qwen2_vl():
@@ -162,7 +173,7 @@ def test_mrope_is_stock_qwen2_vl():
     x_bnsd = x.swapaxes(1, 2)
     want, _ = qwen2_vl.apply_multimodal_rotary_pos_emb(x_bnsd, x_bnsd, stock_cos, stock_sin, section)
     tables = RotaryEmbedding(16, base=10000.0, mrope_section=section)(tensor(streams, mindspore.int64), F32)
-    assert_bits_equal(apply_rotary(x, tables), want.swapaxes(1, 2))
+    assert_values_equal(apply_rotary(x, tables), want.swapaxes(1, 2))
 
 
 @pytest.mark.parametrize("form", ["table", "matmul"])
@@ -200,7 +211,7 @@ def test_rope_rejects_mismatched_tables():
 
 @pytest.mark.parametrize("dtype", [F32, F16])
 def test_joint_rotary_of_q_and_k_is_stock_on_each(dtype):
-    """q and k heads rotated in one call equal stock's rotation of each, bit for bit (signed zeros too)."""
+    """q and k heads rotated in one call equal stock's rotation of each, zeros included."""
     rng = np.random.default_rng(13)
     q, k = rng.standard_normal((2, 9, 4, 16)), rng.standard_normal((2, 9, 2, 16))
     q[0, :, 0, :3], k[1, :, 1, 8:11] = 0.0, -0.0  # zeros in both halves: rotate_half negates them
@@ -212,15 +223,32 @@ def test_joint_rotary_of_q_and_k_is_stock_on_each(dtype):
     cos, sin = stock(q, seq_len=9)
     want_q, want_k = qwen2_moe.apply_rotary_pos_emb(q.swapaxes(1, 2), k.swapaxes(1, 2), cos.to(dtype),
                                                     sin.to(dtype), positions)
-    assert_bits_equal(joint[:, :, :4], want_q.swapaxes(1, 2))
-    assert_bits_equal(joint[:, :, 4:], want_k.swapaxes(1, 2))
+    assert_values_equal(joint[:, :, :4], want_q.swapaxes(1, 2))
+    assert_values_equal(joint[:, :, 4:], want_k.swapaxes(1, 2))
     assert_bits_equal(joint[:, :, 4:], apply_rotary(k, tables))
 
 
-def test_signed_sin_table_negates_the_first_half_only():
+def test_rotation_table_holds_cos_and_signed_sin_per_half():
     tables = RotaryEmbedding(16)(tensor(stock_positions(PADDED), mindspore.int64), F32)
-    sin, signed = tables.sin.asnumpy(), tables.sin_signed.asnumpy()
-    np.testing.assert_array_equal(signed, np.concatenate([-sin[..., :8], sin[..., 8:]], -1))
+    cos, sin = tables.cos.asnumpy()[:, :, 0], tables.sin.asnumpy()[:, :, 0]
+    rotation = tables.rotation.asnumpy()
+    assert rotation.shape == (2, 9, 1, 1, 2, 2, 8)
+    rotation = rotation[:, :, 0, 0]
+    np.testing.assert_array_equal(rotation[:, :, 0, 0], cos[..., :8])
+    np.testing.assert_array_equal(rotation[:, :, 0, 1], -sin[..., :8])
+    np.testing.assert_array_equal(rotation[:, :, 1, 0], sin[..., 8:])
+    np.testing.assert_array_equal(rotation[:, :, 1, 1], cos[..., 8:])
+
+
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_identity_group_rotates_q_and_k_and_keeps_v(dtype):
+    rng = np.random.default_rng(14)
+    qkv = tensor(rng.standard_normal((2, 9, 4 + 2 + 2, 16)), dtype)  # GQA 4/2: q, k, v heads
+    tables = RotaryEmbedding(16, base=1e6, form="table", max_positions=64)(
+        tensor(stock_positions(PADDED), mindspore.int64), dtype)
+    joint = apply_rotary(qkv, with_identity_group(tables, 4 // 2 + 1))
+    assert_bits_equal(joint[:, :, :6], apply_rotary(qkv[:, :, :6], tables))
+    assert_bits_equal(joint[:, :, 6:], qkv[:, :, 6:])
 
 
 # ---------------------------------------------------------------- Linear
@@ -480,20 +508,21 @@ def test_reloading_refreshes_the_fused_projection():
     assert_bits_equal(block_output(block), block_output(fresh))
 
 
-def test_decode_step_launches_one_projection_matmul_and_one_rotation():
+def test_decode_step_launches_one_projection_matmul_one_rotation_and_one_cache_write():
     attn = Attention(64, 4, 4, qkv_bias=True)
     rope = RotaryEmbedding(16, form="table", max_positions=32)
     cache = StaticKVCache(1, 1, 4, 8, 16)
     x = tensor(np.random.default_rng(17).standard_normal((1, 1, 64)))
     for t in range(2):  # the second step is measured; the first decides the projection's fusion
         where = cache.prepare(ops.arange(t, t + 1, dtype=mindspore.int32))
-        tables = rope(tensor([[t]], mindspore.int64), F32)
+        tables = with_identity_group(rope(tensor([[t]], mindspore.int64), F32), attn.rotated_groups)
         mask = build_attention_mask(ops.ones((1, 8), dtype=mindspore.int32), where.slots, F32)
         with counters.count_region() as region:
             attn(x, tables, mask, cache, where)
     launched = region.counts.steps[0].ops
-    # q/k/v and o_proj; swap_halves; x * cos and swapped * sin_signed; no Neg
-    assert (launched["MatMul"], launched["Concat"], launched["Mul"], launched["Neg"]) == (2, 1, 2, 0)
+    # q/k/v and o_proj; q, k and v rotated by one Mul and one sum; keys and values in one write
+    assert (launched["MatMul"], launched["Mul"], launched["ReduceSum"], launched["ScatterUpdate"]) == (2, 1, 1, 1)
+    assert launched["Concat"] == launched["Neg"] == 0
 
 
 # ---------------------------------------------------------------- decode over the static cache

@@ -88,10 +88,12 @@ def _checkpoint_without(src, dst, dropped):
                    os.path.join(dst, WEIGHTS), metadata={"format": "np"})
 
 
-# The shared expert's up_proj fills rows of its fused gate_up_proj; its down_proj is a plain
-# Linear under its own name, missing from a checkpoint as any stock Linear would be.
+# The router and the shared expert's up_proj fill rows of the block's fused input projection; the
+# shared expert's down_proj is a plain Linear under its own name, missing from a checkpoint as any
+# stock Linear would be.
 @pytest.mark.parametrize("dropped", ["model.layers.1.mlp.experts.5.up_proj.weight",
-                                     "model.layers.0.mlp.shared_expert.up_proj.weight"])
+                                     "model.layers.0.mlp.shared_expert.up_proj.weight",
+                                     "model.layers.1.mlp.gate.weight"])
 def test_missing_expert_weight_is_an_error(stock_checkpoint, tmp_path, dropped):
     path, _ = stock_checkpoint
     _checkpoint_without(path, str(tmp_path), dropped)
@@ -154,7 +156,7 @@ def test_own_state_dict_round_trips():
     source = SparseMoe.from_qwen2_moe_config(tiny_config())
     source.load_state_dict(block_state())
     names = set(source.state_dict())
-    assert {"experts.gate_up_weight", "experts.down_weight", "shared_expert.gate_up_proj.weight"} <= names
+    assert {"experts.gate_up_weight", "experts.down_weight", "input_proj.weight", "shared_expert.down_proj.weight"} <= names
     copy = SparseMoe.from_qwen2_moe_config(tiny_config())
     copy.load_state_dict(source.state_dict())
     check_complete(copy)

@@ -12,7 +12,7 @@ from mindnlp.transformers import Qwen2MoeConfig
 from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeMLP, Qwen2MoeSparseMoeBlock
 
 from mindnlp.accel.layers import moe as moe_module
-from mindnlp.accel.layers.moe import SparseMoe, combine_in_expert_order
+from mindnlp.accel.layers.moe import SparseMoe
 from mindnlp.accel.layers.moe_experts import (GatedMLP, dense_outputs, gathered_outputs, grouped_mm_twin,
                                              grouped_outputs)
 from mindnlp.accel.layers.moe_router import RouterConfig, route
@@ -113,8 +113,9 @@ def deepseek_config(norm_topk_prob):
 @pytest.mark.parametrize("tokens", [1, 9])
 def test_deepseek_configuration_matches_float64_reference(tokens, norm_topk_prob):
     ours = SparseMoe.from_deepseek_config(deepseek_config(norm_topk_prob))
-    names = {n for n, _ in ours.named_parameters()}
-    assert "shared_experts.gate_up_proj.weight" in names and "shared_expert_gate.weight" not in names
+    names = set(hf_state_dict(ours))
+    assert {"gate.weight", "shared_experts.gate_proj.weight", "shared_experts.up_proj.weight"} <= names
+    assert "shared_expert_gate.weight" not in names
     assert ours.shared_experts.down_proj.weight.shape == (HIDDEN, 2 * INTER)
     x = random_hidden((tokens, HIDDEN), seed=11)
     expected = numpy_moe(x.asnumpy().astype(np.float64), float64_state(ours), top_k=3,
@@ -161,19 +162,22 @@ def test_router_rejects_bad_top_k():
 def test_router_returns_experts_ascending_with_their_weights():
     _, ours = stock_and_ours(qwen_config(top_k=4))
     x = random_hidden((9, HIDDEN), seed=2)
-    weights, experts = route(ours.gate(x), ours.router, x.dtype)
-    experts = experts.asnumpy()
-    assert (np.diff(experts, axis=-1) > 0).all()
-    logits = ours.gate(x).asnumpy().astype(np.float64)
+    routing = route(ours.router_logits(x), ours.router, x.dtype)
+    experts = routing.experts.asnumpy()
+    ascending = np.take_along_axis(experts, routing.order.asnumpy(), -1)
+    assert (np.diff(ascending, axis=-1) > 0).all()
+    logits = ours.router_logits(x).asnumpy().astype(np.float64)
     probs = np.exp(logits) / np.exp(logits).sum(-1, keepdims=True)
-    np.testing.assert_allclose(weights.asnumpy(), np.take_along_axis(probs, experts, -1), rtol=1e-5)
+    np.testing.assert_allclose(routing.weights.asnumpy(), np.take_along_axis(probs, experts, -1), rtol=1e-5)
+    top4 = np.sort(np.argsort(-probs, -1)[:, :4], -1)
+    np.testing.assert_array_equal(ascending, top4)
 
 
 @pytest.mark.parametrize("tokens", [1, 3, 17])
 def test_decode_gather_equals_prefill_paths(tokens):
     _, ours = stock_and_ours(qwen_config(top_k=4))
     x = random_hidden((tokens, HIDDEN), seed=3)
-    _, experts = route(ours.gate(x), ours.router, x.dtype)
+    experts = route(ours.router_logits(x), ours.router, x.dtype).experts
     dense = dense_outputs(ours.experts, x, experts).asnumpy()
     assert dense.shape == (tokens, 4, HIDDEN)
     np.testing.assert_allclose(gathered_outputs(ours.experts, x, experts).asnumpy(), dense, rtol=0, atol=1e-6)
@@ -273,8 +277,9 @@ def test_fp16_sum_order_is_what_the_bitwise_test_sees():
     stock, ours = stock_and_ours(qwen_config(top_k=4), mindspore.float16, state)
     x = Tensor(rng.integers(-3, 4, (17, HIDDEN)), mindspore.float16)
     expected = stock(x[None])[0][0].asnumpy()
-    weights, experts = route(ours.gate(x), ours.router, x.dtype)
-    weighted = (dense_outputs(ours.experts, x, experts) * weights[:, :, None]).asnumpy()
+    routing = route(ours.router_logits(x), ours.router, x.dtype)
+    weighted = (dense_outputs(ours.experts, x, routing.experts) * routing.weights[:, :, None]).asnumpy()
+    weighted = np.take_along_axis(weighted, routing.order.asnumpy()[:, :, None], 1)  # ascending expert
     parts = [weighted[:, s] for s in range(4)]
     assert np.array_equal(_fp16_sum(parts), expected)
     assert not np.array_equal(_fp16_sum(parts[::-1]), expected)

@@ -1,9 +1,11 @@
 """Static KV cache: preallocated per layer, written in place at slots given as a device tensor.
 
-Layout. Layer i keeps keys and values as Parameters of shape [B * kv_heads * max_len, head_dim],
-read as [B, kv_heads, max_len, head_dim] by a reshape. A write overwrites the rows of its slots
-with ScatterUpdate (in place on a Parameter, also inside a compiled graph): no host sync, no
-`.item()`, no accumulation, fixed shapes. Verified on CPU in fp32; bf16 on Ascend is untested here.
+Layout. Layer i keeps its keys and values in one Parameter of shape [B * 2 * kv_heads * max_len,
+head_dim], read as [B, 2 * kv_heads, max_len, head_dim] by a reshape: heads [0, kv_heads) hold keys,
+the rest values, as attention's projection lays them out. A write overwrites the rows of its slots
+for keys and values at once with one ScatterUpdate (in place on a Parameter, also inside a compiled
+graph): no host sync, no `.item()`, no accumulation, fixed shapes. Verified on CPU in fp32 and
+fp16; bf16 on Ascend is untested here.
 
 Slots. Slot t holds the t-th token of the padded batch (prompt padding included), the same slot
 for every row. A step that feeds S tokens writes slots given by an int32 device tensor [S];
@@ -24,7 +26,7 @@ from mindnlp.core import ops
 
 
 class CacheWrite(NamedTuple):
-    """Where one step writes: `slots` int32 [S]; `rows` int32 [B * kv_heads * S] into the flat cache."""
+    """Where one step writes: `slots` int32 [S]; `rows` int32 [B * 2 * kv_heads * S] into the flat cache."""
     slots: Tensor
     rows: Tensor
 
@@ -40,15 +42,11 @@ class StaticKVCache:
                 raise ValueError(f"StaticKVCache {name} must be positive, got {value}")
         self.num_layers, self.batch_size, self.num_kv_heads = num_layers, batch_size, num_kv_heads
         self.max_len, self.head_dim, self.dtype = max_len, head_dim, dtype
-        rows = batch_size * num_kv_heads * max_len
-
-        def buffer(name):
-            return Parameter(ops.zeros((rows, head_dim), dtype=dtype), name=name, requires_grad=False)
-
-        self.keys = [buffer(f"kv_cache.{i}.keys") for i in range(num_layers)]
-        self.values = [buffer(f"kv_cache.{i}.values") for i in range(num_layers)]
-        # First row of each (sequence, kv head) block: [B * kv_heads, 1].
-        self._block_start = Tensor(np.arange(batch_size * num_kv_heads, dtype=np.int32)[:, None] * max_len)
+        blocks = batch_size * 2 * num_kv_heads
+        self.buffers = [Parameter(ops.zeros((blocks * max_len, head_dim), dtype=dtype),
+                                  name=f"kv_cache.{i}", requires_grad=False) for i in range(num_layers)]
+        # First row of each (sequence, key or value head) block: [B * 2 * kv_heads, 1].
+        self._block_start = Tensor(np.arange(blocks, dtype=np.int32)[:, None] * max_len)
 
     def prepare(self, slots: Tensor) -> CacheWrite:
         """Index for writing `slots` (int32 [S], on device); compute once per step, share across layers."""
@@ -56,31 +54,30 @@ class StaticKVCache:
         rows = (self._block_start + slots.reshape(1, -1)).reshape(-1)
         return CacheWrite(slots, rows)
 
-    def write(self, layer: int, where: CacheWrite, keys: Tensor, values: Tensor) -> None:
-        """Overwrite layer `layer` at `where.slots` with keys/values [B, kv_heads, S, head_dim]."""
-        expected = (self.batch_size, self.num_kv_heads, where.slots.shape[0], self.head_dim)
-        if tuple(keys.shape) != expected or tuple(values.shape) != expected:
-            raise ValueError(f"cache write wants keys/values {expected}, got {tuple(keys.shape)} "
-                             f"and {tuple(values.shape)}")
-        flat = (-1, self.head_dim)
-        mindspore.ops.scatter_update(self.keys[layer], where.rows, keys.reshape(flat).astype(self.dtype))
-        mindspore.ops.scatter_update(self.values[layer], where.rows, values.reshape(flat).astype(self.dtype))
+    def write(self, layer: int, where: CacheWrite, keys_values: Tensor) -> None:
+        """Overwrite layer `layer` at `where.slots` with keys_values [B, 2 * kv_heads, S, head_dim]
+        (keys in the first kv_heads heads, values in the rest)."""
+        expected = (self.batch_size, 2 * self.num_kv_heads, where.slots.shape[0], self.head_dim)
+        if tuple(keys_values.shape) != expected:
+            raise ValueError(f"cache write wants keys and values {expected}, got {tuple(keys_values.shape)}")
+        if keys_values.dtype != self.dtype:
+            keys_values = keys_values.astype(self.dtype)
+        mindspore.ops.scatter_update(self.buffers[layer], where.rows, keys_values.reshape(-1, self.head_dim))
 
     def reorder_cache(self, beam_idx: Tensor) -> None:
         """Reorder the batch rows in place, row b taking row beam_idx[b] (stock's beam search calls this)."""
         index = beam_idx.astype(mindspore.int32)
         per_row = (self.batch_size, -1)
-        for buffer in self.keys + self.values:
+        for buffer in self.buffers:
             mindspore.ops.assign(buffer, buffer.reshape(per_row)[index].reshape(buffer.shape))
 
     def read(self, layer: int, kv_len: Optional[int] = None):
         """Keys and values of `layer` as [B, kv_heads, T, head_dim], T = kv_len or max_len."""
-        shape = (self.batch_size, self.num_kv_heads, self.max_len, self.head_dim)
-        keys, values = self.keys[layer].reshape(shape), self.values[layer].reshape(shape)
-        if kv_len is None or kv_len == self.max_len:
-            return keys, values
-        self._check_len(kv_len)
-        return keys[:, :, :kv_len], values[:, :, :kv_len]
+        buffer = self.buffers[layer].reshape(self.batch_size, 2 * self.num_kv_heads, self.max_len, self.head_dim)
+        if kv_len is not None and kv_len != self.max_len:
+            self._check_len(kv_len)
+            buffer = buffer[:, :, :kv_len]
+        return ops.chunk(buffer, 2, 1)
 
     def _check_len(self, kv_len: int) -> None:
         if not 0 < kv_len <= self.max_len:

@@ -87,7 +87,7 @@ class GreedyGenerationMixin:
     - model kwargs are only ``attention_mask`` (2D), ``inputs_embeds``, ``input_ids`` and ``greedy_prefill_inputs``.
 
     Host syncs per call: the few stock's own preparation makes (special tokens, inferred attention mask), one
-    every ``greedy_eos_check_every`` steps while an EOS id is set (0 = none until the end), and one at the end to
+    to learn whether the prompt has padding, one every ``greedy_eos_check_every`` steps while an EOS id is set (0 = none until the end), and one at the end to
     trim the output to the steps stock would have run. The output equals stock's: ``sequences``, and per step
     ``logits`` / ``scores`` when asked; ``past_key_values`` is None because the cache stays with the model.
     """
@@ -227,7 +227,9 @@ class GreedyGenerationMixin:
         batch_size, prompt_length = prompt.shape[0], prompt.shape[1]
         cache = self.allocate_cache(batch_size, prompt_length + plan.steps - 1)
         mask = plan.attention_mask
-        if cache.max_len > prompt_length:
+        if not bool((mask == 0).any()):
+            mask = None  # no padding (one host read per call): decode steps then build no mask at all
+        elif cache.max_len > prompt_length:
             # Written once: later columns are real tokens, and the cache position hides those not yet written.
             mask = ops.cat([mask, ops.ones((batch_size, cache.max_len - prompt_length), mask.dtype)], -1)
         position_ids, offset = self.greedy_positions(plan.attention_mask)

@@ -15,7 +15,7 @@ a missing slot an error and saves in Hugging Face names again.
 import functools
 import re
 from dataclasses import dataclass
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import mindspore
 
@@ -69,6 +69,7 @@ EXPERT_SLOTS = (
 )
 QKV_PARAMS = ("qkv_proj.weight", "qkv_proj.bias")
 GATE_UP_PARAM = "gate_up_proj.weight"
+INPUT_PROJ_PARAM = "input_proj.weight"
 
 
 def qkv_slots(q_rows: int, kv_rows: int, bias: bool) -> Tuple[CheckpointSlot, ...]:
@@ -79,11 +80,19 @@ def qkv_slots(q_rows: int, kv_rows: int, bias: bool) -> Tuple[CheckpointSlot, ..
                  for kind in kinds for name, rows in bounds.items())
 
 
+def row_slots(blocks: Sequence[Tuple[str, int]], param: str) -> Tuple[CheckpointSlot, ...]:
+    """Slots of checkpoint tensors (name, rows) stacked in that order as row blocks of `param`."""
+    slots, start = [], 0
+    for name, rows in blocks:
+        slots.append(CheckpointSlot(name, param, rows=(start, start + rows)))
+        start += rows
+    return tuple(slots)
+
+
 def gate_up_slots(rows: int) -> Tuple[CheckpointSlot, ...]:
     """Slots of gate_proj and up_proj ([rows, in] each) stacked in that order as row blocks of
     `gate_up_proj` (a dense MLP's down_proj is a plain Linear under its own name)."""
-    return (CheckpointSlot("gate_proj.weight", GATE_UP_PARAM, rows=(0, rows)),
-            CheckpointSlot("up_proj.weight", GATE_UP_PARAM, rows=(rows, 2 * rows)))
+    return row_slots((("gate_proj.weight", rows), ("up_proj.weight", rows)), GATE_UP_PARAM)
 
 
 class MissingCheckpointWeightsError(RuntimeError):
@@ -226,7 +235,7 @@ def hf_state_dict(model: nn.Module) -> Dict[str, mindspore.Tensor]:
 
 
 def _slot_param_pattern() -> str:
-    params = sorted({slot.param for slot in EXPERT_SLOTS} | set(QKV_PARAMS) | {GATE_UP_PARAM})
+    params = sorted({slot.param for slot in EXPERT_SLOTS} | set(QKV_PARAMS) | {GATE_UP_PARAM, INPUT_PROJ_PARAM})
     return r"\.(" + "|".join(re.escape(p) for p in params) + r")$"
 
 
@@ -239,7 +248,8 @@ class StackedCheckpointMixin:
     """
 
     _keys_to_ignore_on_load_missing = [_slot_param_pattern()]
-    _keys_to_ignore_on_load_unexpected = [r"\.(gate|up|down)_proj\.weight$", r"\.(q|k|v)_proj\.(weight|bias)$"]
+    _keys_to_ignore_on_load_unexpected = [r"\.(gate|up|down)_proj\.weight$", r"\.(q|k|v)_proj\.(weight|bias)$",
+                                          r"\.mlp\.(gate|shared_expert_gate)\.weight$"]
 
     @classmethod
     def _load_pretrained_model(cls, model, *args, **kwargs):

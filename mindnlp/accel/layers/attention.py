@@ -19,7 +19,7 @@ from mindnlp.core.nn import functional as F
 from ..device import choose
 from ..loading import SlotLoadedModule, qkv_slots
 from .linear import FusedLinear, Linear
-from .rotary import RotaryTables, apply_rotary
+from .rotary import RotaryTables, apply_rotary, with_identity_group
 
 # The self-check of a fused attention kernel looks for wrong layouts, masks or scales (errors of
 # order 1), not for bit parity, which fused kernels do not have: bf16 outputs agree to about 1e-2.
@@ -52,14 +52,36 @@ def build_attention_mask(valid: Tensor, query_slots: Tensor, dtype) -> Attention
     return AttentionMask(additive, hidden)
 
 
-def attention_eager(q, k, v, mask: AttentionMask):
-    """q [B, N, S, D], k/v [B, KV, T, D] (N a multiple of KV) -> [B, N, S, D], stock's arithmetic."""
+def decoder_mask(attention_mask: Optional[Tensor], batch: int, query_slots: Tensor, length: int,
+                 kv_len: Optional[int], dtype) -> Optional[AttentionMask]:
+    """The mask a decoder's layers share for one forward, or None where it would hide nothing.
+
+    attention_mask: [B, length] (1 real, 0 padding) or None for no padding; `length` is the cache's
+    (or, without a cache, the prompt's). With `kv_len` the keys are the first kv_len slots. One
+    query over exactly the filled slots, with no padding, sees every key: no mask is built.
+    """
+    steps = query_slots.shape[0]
+    if attention_mask is None:
+        if steps == 1 and kv_len is not None:
+            return None
+        attention_mask = ops.ones((batch, length), mindspore.int32)
+    valid = attention_mask[:, :kv_len] if kv_len is not None else attention_mask
+    return build_attention_mask(valid, query_slots, dtype)
+
+
+def attention_eager(q, k, v, mask: Optional[AttentionMask]):
+    """q [B, N, S, D], k/v [B, KV, T, D] (N a multiple of KV) -> [B, N, S, D], stock's arithmetic.
+
+    mask None: every key is visible to every query; stock adds a mask of zeros there, which changes
+    no score (s + 0 == s), so the add is skipped."""
     batch, heads, steps, dim = q.shape
     kv_heads, length = k.shape[1], k.shape[2]
     groups = heads // kv_heads
     # Query head n uses KV head n // groups, as repeat_kv arranges it: [B, KV, groups * S, D].
     scores = ops.matmul(q.reshape(batch, kv_heads, groups * steps, dim), k.swapaxes(2, 3)) / math.sqrt(dim)
-    scores = scores.reshape(batch, kv_heads, groups, steps, length) + mask.additive.unsqueeze(2)
+    scores = scores.reshape(batch, kv_heads, groups, steps, length)
+    if mask is not None:
+        scores = scores + mask.additive.unsqueeze(2)
     probs = F.softmax(scores, dim=-1, dtype=mindspore.float32).to(q.dtype)
     out = ops.matmul(probs.reshape(batch, kv_heads, groups * steps, length), v)
     return out.reshape(batch, heads, steps, dim)
@@ -80,13 +102,17 @@ def attention_prefill_fused(q, k, v, mask: AttentionMask):
 def attention_decode_fused(q, k, v, mask: AttentionMask):
     """Ascend IncreFlashAttention for one query step over the whole cache, BNSD; native GQA."""
     return mindspore.ops.incre_flash_attention(
-        q, [k], [v], attn_mask=mask.hidden, num_heads=q.shape[1], input_layout="BNSD",
+        q, [k], [v], attn_mask=None if mask is None else mask.hidden, num_heads=q.shape[1], input_layout="BNSD",
         scale_value=1.0 / math.sqrt(q.shape[-1]), num_key_value_heads=k.shape[1])
 
 
-def attend(q, k, v, mask: AttentionMask, fused: bool = False):
-    """Attention core: the eager path, or with `fused` the checked Ascend kernel for this step kind."""
-    if mask.additive.shape[-2:] != (q.shape[2], k.shape[2]):
+def attend(q, k, v, mask: Optional[AttentionMask], fused: bool = False):
+    """Attention core: the eager path, or with `fused` the checked Ascend kernel for this step kind.
+    mask None: all keys visible (a single decode query over exactly the filled cache, no padding)."""
+    if mask is None:
+        if q.shape[2] != 1:
+            raise ValueError("attention without a mask is for one query step; a prompt needs its causal mask")
+    elif mask.additive.shape[-2:] != (q.shape[2], k.shape[2]):
         raise ValueError(f"mask {tuple(mask.additive.shape)} does not fit {q.shape[2]} queries "
                          f"over {k.shape[2]} keys")
     if not fused:
@@ -122,8 +148,9 @@ class Attention(SlotLoadedModule):
     Checkpoint names are Hugging Face's: q_proj, k_proj, v_proj (weight, and bias with qkv_bias)
     load into their row blocks of `qkv_proj` and are saved under those names again by
     loading.hf_state_dict; o_proj is a plain Linear.
-    forward(hidden_states [B, S, hidden], rope RotaryTables [B, S, head_dim] (RotaryEmbedding),
-            mask AttentionMask [B, 1, S, T], cache StaticKVCache or None, cache_write CacheWrite,
+    forward(hidden_states [B, S, hidden], rope RotaryTables (RotaryEmbedding, then once per forward
+            with_identity_group(tables, rotated_groups); plain tables are converted per call),
+            mask AttentionMask [B, 1, S, T] (or None, see attend), cache StaticKVCache or None, cache_write CacheWrite,
             kv_len host int or None) -> [B, S, hidden].
     Without a cache the queries attend to their own keys (T = S). With one, this step's keys and
     values are written at cache_write.slots and the queries attend to the cache's first kv_len
@@ -147,21 +174,29 @@ class Attention(SlotLoadedModule):
         self.qkv_proj = FusedLinear(hidden_size, (q_rows, kv_rows, kv_rows), bias=qkv_bias)
         self.o_proj = Linear(num_heads * head_dim, hidden_size, bias=o_bias)
 
-    def forward(self, hidden_states, rope: RotaryTables, mask: AttentionMask, cache=None, cache_write=None,
+    @property
+    def rotated_groups(self) -> int:
+        """Head groups (of num_kv_heads heads) that rotary rotates: the query heads, then the keys."""
+        return self.num_heads // self.num_kv_heads + 1
+
+    def forward(self, hidden_states, rope: RotaryTables, mask: Optional[AttentionMask], cache=None, cache_write=None,
                 kv_len: Optional[int] = None):
         batch, steps, _ = hidden_states.shape
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        # [B, S, N + 2 KV, D]: query heads, then key heads, then value heads.
-        qkv = self.qkv_proj(hidden_states).reshape(batch, steps, heads + 2 * kv_heads, dim)
-        # Rotation is elementwise and alike for every head, so rotating the adjacent q and k heads
-        # together in [B, S, heads, D], before the transpose, gives stock's q and k exactly.
-        qk = apply_rotary(qkv[:, :, :heads + kv_heads], rope)
-        q, k = qk[:, :, :heads].swapaxes(1, 2), qk[:, :, heads:].swapaxes(1, 2)
-        v = qkv[:, :, heads + kv_heads:].swapaxes(1, 2)
-        if cache is not None:
+        if rope.rotation.shape[2] == 1:  # plain tables: the caller did not prepare them once per forward
+            rope = with_identity_group(rope, self.rotated_groups)
+        # [B, S, N + 2 KV, D]: query heads, then key heads, then value heads. Rotation is elementwise
+        # and alike for every head, so rotating q and k together (and passing v through) before the
+        # transpose gives stock's q and k exactly, and leaves k and v adjacent for one cache write.
+        qkv = apply_rotary(self.qkv_proj(hidden_states).reshape(batch, steps, heads + 2 * kv_heads, dim), rope)
+        q = qkv[:, :, :heads].swapaxes(1, 2)
+        keys_values = qkv[:, :, heads:].swapaxes(1, 2)  # [B, 2 KV, S, D]
+        if cache is None:
+            k, v = ops.chunk(keys_values, 2, 1)
+        else:
             if cache_write is None:
                 raise ValueError("Attention with a cache needs cache_write (cache.prepare(slots))")
-            cache.write(self.layer_idx, cache_write, k, v)
+            cache.write(self.layer_idx, cache_write, keys_values)
             k, v = cache.read(self.layer_idx, kv_len)
         out = attend(q, k, v, mask, fused=self.fused)
         return self.o_proj(out.swapaxes(1, 2).reshape(batch, steps, heads * dim))

@@ -6,15 +6,17 @@ already rounded to the hidden dtype; then adds the shared expert. `combine_in_ex
 repeats exactly those roundings, so only the expert matmuls themselves can differ from stock.
 """
 import mindspore
-from mindspore import ops as msops
+from mindspore import mint, ops as msops
 
 from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
 
+from mindnlp.common.activations import ACT2FN
+
 from .. import device
-from .linear import Linear
-from .moe_experts import (GatedMLP, StackedExperts, dense_outputs, gathered_outputs,
-                          grouped_outputs)
+from ..loading import INPUT_PROJ_PARAM, SlotLoadedModule, row_slots
+from .linear import FusedLinear, Linear
+from .moe_experts import StackedExperts, dense_outputs, gathered_outputs, grouped_outputs
 from .moe_router import RouterConfig, route
 
 # Self-check tolerance of the grouped kernel against the dense twin, per dtype: about two
@@ -22,26 +24,47 @@ from .moe_router import RouterConfig, route
 _CHECK_TOL = {mindspore.bfloat16: 2e-2, mindspore.float16: 2e-3, mindspore.float32: 1e-5}
 
 
-def combine_in_expert_order(weighted):
-    """Sum [T, k, H] over k left to right in its own dtype: (((c0 + c1) + c2) + ...).
+def combine_in_expert_order(weighted, order):
+    """Sum [T, k, H] over k in the slot order `order` [T, k], left to right in its own dtype:
+    (((c[o0] + c[o1]) + c[o2]) + ...).
 
-    Stock's buffer starts at zero and 0 + c0 == c0 exactly, so this is its result bit for bit
-    when k is ordered by ascending expert index. A reduction (sum over the axis) would
+    Stock's buffer starts at zero and 0 + c == c exactly, so with `order` listing the slots by
+    ascending expert index this is its result bit for bit. A reduction (sum over the axis) would
     accumulate in higher precision and round once, which is not what stock does.
     """
-    total = weighted[:, 0]
-    for slot in range(1, weighted.shape[1]):
-        total = total + weighted[:, slot]
+    weighted = mint.gather(weighted, 1, order[:, :, None].broadcast_to(weighted.shape))
+    slots = ops.unbind(weighted, 1) if weighted.shape[1] > 1 else (weighted[:, 0],)
+    total = slots[0]
+    for term in slots[1:]:
+        total = total + term
     return total
 
 
-class SparseMoe(nn.Module):
-    """Router, stacked routed experts and an optional shared expert.
+class SharedExpertDown(nn.Module):
+    """A shared expert's down_proj under its checkpoint name; its gate and up rows are in
+    SparseMoe.input_proj."""
 
-    Parameters keep the checkpoint's module names: `gate.weight` [E, H] (the router),
-    `experts.gate_up_weight` [E, H, 2I], `experts.down_weight` [E, I, H],
-    `<shared_name>.gate_up_proj.weight` [2S, H], `<shared_name>.down_proj.weight` [H, S] and,
-    when gated, `shared_expert_gate.weight` [1, H]. forward: hidden_states [..., H] -> [..., H].
+    def __init__(self, intermediate_size, hidden_size, dtype=None):
+        super().__init__()
+        self.down_proj = Linear(intermediate_size, hidden_size, bias=False, dtype=dtype)
+
+    def forward(self, gate, up, act):
+        return self.down_proj(act(gate) * up)
+
+
+class SparseMoe(SlotLoadedModule):
+    """Router, stacked routed experts and an optional shared expert with an optional gate.
+
+    Every projection of the block input is one row block of `input_proj` ([out, in], stock's
+    layout): the router (`gate.weight` [E, H]), then the shared expert's gate logit
+    (`shared_expert_gate.weight` [1, H]) when gated, then the shared expert's gate and up
+    projections (`<shared_name>.gate_proj.weight`, `.up_proj.weight` [S, H] each). Each output is the
+    dot product stock's own Linear computes (FusedLinear runs one matmul only where it checked that
+    it sums alike, per block otherwise), and a decode step launches one matmul for all of them.
+    The routed experts are `experts.gate_up_weight` [E, H, 2I] and `experts.down_weight` [E, I, H];
+    the shared expert's `<shared_name>.down_proj.weight` [H, S] is a Linear of its own.
+    Checkpoints load and save in Hugging Face names (loading.hf_state_dict).
+    forward: hidden_states [..., H] -> [..., H].
     """
 
     def __init__(self, hidden_size, intermediate_size, router: RouterConfig,
@@ -51,15 +74,22 @@ class SparseMoe(nn.Module):
         if shared_gate and not shared_intermediate_size:
             raise ValueError("shared_gate needs a shared expert (shared_intermediate_size)")
         self.router = router
+        self.act = ACT2FN[hidden_act]
         self.shared_name = shared_name if shared_intermediate_size else None
-        self.gate = Linear(hidden_size, router.num_experts, bias=False, dtype=dtype)
+        self.shared_gate = shared_gate
+        blocks = [("gate.weight", router.num_experts)]
+        if shared_gate:
+            blocks.append(("shared_expert_gate.weight", 1))
+        if self.shared_name:
+            blocks += [(f"{shared_name}.gate_proj.weight", shared_intermediate_size),
+                       (f"{shared_name}.up_proj.weight", shared_intermediate_size)]
+        self.widths = tuple(width for _, width in blocks)
+        self.checkpoint_slots = row_slots(blocks, INPUT_PROJ_PARAM)
+        self.input_proj = FusedLinear(hidden_size, self.widths, bias=False, dtype=dtype)
         self.experts = StackedExperts(router.num_experts, hidden_size, intermediate_size,
                                       hidden_act, dtype=dtype)
         if self.shared_name:
-            self.add_module(shared_name, GatedMLP(hidden_size, shared_intermediate_size,
-                                                  hidden_act, dtype=dtype))
-        self.shared_expert_gate = (Linear(hidden_size, 1, bias=False, dtype=dtype)
-                                   if shared_gate else None)
+            self.add_module(shared_name, SharedExpertDown(shared_intermediate_size, hidden_size, dtype=dtype))
 
     @classmethod
     def from_qwen2_moe_config(cls, config, dtype=None):
@@ -88,16 +118,22 @@ class SparseMoe(nn.Module):
                    shared_intermediate_size=shared, shared_name="shared_experts",
                    hidden_act=config.hidden_act, dtype=dtype)
 
+    def router_logits(self, x):
+        """Router logits [T, E] for tokens x [T, H] (the first block of input_proj)."""
+        return ops.split(self.input_proj(x), self.widths, dim=-1)[0]
+
     def forward(self, hidden_states):
         shape = hidden_states.shape
         x = hidden_states.reshape(-1, shape[-1])
-        weights, experts = route(self.gate(x), self.router, x.dtype)
-        outputs = self.expert_outputs(x, experts)
-        out = combine_in_expert_order(outputs * weights[:, :, None])
+        projected = ops.split(self.input_proj(x), self.widths, dim=-1)
+        routing = route(projected[0], self.router, x.dtype)
+        outputs = self.expert_outputs(x, routing.experts)
+        out = combine_in_expert_order(outputs * routing.weights[:, :, None], routing.order)
         if self.shared_name:
-            shared = getattr(self, self.shared_name)(x)
-            if self.shared_expert_gate is not None:
-                shared = F.sigmoid(self.shared_expert_gate(x)) * shared
+            gate, up = projected[-2:]
+            shared = getattr(self, self.shared_name)(gate, up, self.act)
+            if self.shared_gate:
+                shared = F.sigmoid(projected[1]) * shared
             out = out + shared
         return out.reshape(shape)
 

@@ -1,10 +1,13 @@
 """Top-k routing of tokens to experts, with the dtype policy of each stock model."""
+import functools
 from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
+import numpy as np
 import mindspore
-from mindspore import ops as msops
+from mindspore import Tensor, ops as msops
 
+from mindnlp.configs import use_pyboost
 from mindnlp.core import ops
 from mindnlp.core.nn import functional as F
 
@@ -33,23 +36,56 @@ class RouterConfig:
             raise ValueError(f"top_k must be in 1..num_experts={self.num_experts}, got {self.top_k}")
 
 
-def route(logits, config: RouterConfig, hidden_dtype):
-    """Routing weights [T, k] in `hidden_dtype` and expert ids [T, k], ascending per token.
+class Routing(NamedTuple):
+    """The experts each token uses, in topk's order, and how to list them by expert index."""
+    weights: Tensor  # [T, k] routing weights in the hidden dtype
+    experts: Tensor  # [T, k] int expert ids
+    order: Tensor  # [T, k] int32: experts[t, order[t, s]] ascends with s
 
-    Weights and ids are the ones stock computes. Stock adds each token's expert outputs
-    in ascending expert index (its loop runs over experts), so the ids come back sorted
-    that way and the weights are permuted with them; topk's own order is dropped.
+
+def route(logits, config: RouterConfig, hidden_dtype) -> Routing:
+    """The routing weights and experts stock computes for router `logits` [T, E].
+
+    Stock adds each token's expert outputs in ascending expert index (its loop runs over
+    experts), so `order` lists each token's k slots that way; see SparseMoe.forward.
     """
     probs = F.softmax(logits, dim=-1, dtype=config.softmax_dtype)
-    weights, experts = ops.topk(probs, config.top_k, dim=-1, sorted=config.topk_sorted)
+    weights, experts = _topk(probs, config)
     if config.norm_topk_prob:
         denominator = ops.sum(weights, dim=-1, keepdim=True)
         if config.norm_eps:
             denominator = denominator + config.norm_eps
         weights = weights / denominator
-    weights = weights.to(hidden_dtype)
-    # Sort keys as float32 (exact below 2**24 experts): Sort takes float32 on every backend.
-    _, order = msops.sort(experts.to(mindspore.float32), axis=-1)
-    experts = msops.gather_elements(experts, 1, order)
-    weights = msops.gather_elements(weights, 1, order)
-    return weights, experts
+    if weights.dtype != hidden_dtype:
+        weights = weights.to(hidden_dtype)
+    # Sort takes float keys on every backend. The ids become floats by a lookup in a float table
+    # (exact below 2**24 experts): a Cast from int costs several times a Gather on the CPU backend.
+    _, order = msops.sort(msops.gather(_expert_ids_as_float(config.num_experts), experts, 0), axis=-1)
+    return Routing(weights, experts, order)
+
+
+def _topk(probs, config: RouterConfig):
+    """Stock's topk (mindnlp's ops.topk) over the last axis.
+
+    Off the pyboost path that is the TopK primitive; given k as a tensor made once, it launches
+    no Cast of k on every call.
+    """
+    if use_pyboost():
+        return ops.topk(probs, config.top_k, dim=-1, sorted=config.topk_sorted)
+    return _topk_primitive(config.topk_sorted)(probs, _int32_scalar(config.top_k))
+
+
+@functools.lru_cache(maxsize=None)
+def _topk_primitive(sorted_: bool):
+    return msops.TopK(sorted_)
+
+
+@functools.lru_cache(maxsize=None)
+def _int32_scalar(value: int) -> Tensor:
+    return Tensor(value, mindspore.int32)
+
+
+@functools.lru_cache(maxsize=None)
+def _expert_ids_as_float(num_experts: int) -> Tensor:
+    """[E] float32 table: entry e is e."""
+    return Tensor(np.arange(num_experts, dtype=np.float32))

@@ -7,9 +7,12 @@ Two stock forms exist and we reproduce each with the op stock uses, so tables ma
            init; a forward gathers the rows of its position ids.
   "matmul" (Llama, Qwen2-VL): angles = inv_freq[:, None] @ position_ids[None, :] per forward
            (a K=1 matmul, for M-RoPE once per position stream).
-Stock rotates x as x * cos + rotate_half(x) * sin, rotate_half([x1, x2]) = [-x2, x1]. We compute
-x * cos + swap_halves(x) * sin_signed, sin_signed = [-sin1, sin2] built once per forward: negating
-a factor negates the rounded product exactly, so every element is stock's, without a Neg per call.
+Stock rotates x as x * cos + rotate_half(x) * sin, rotate_half([x1, x2]) = [-x2, x1], that is
+out_o = x_o * cos_o + x_(1-o) * s_o for the halves o = 0, 1 with s = [-sin1, sin2] (negating a
+factor negates the rounded product exactly). We build, once per forward, the 2x2 table
+rotation[o, i] = cos_o if i == o else s_o, and rotate with one Mul and one sum over i: the Mul makes
+exactly stock's two rounded products and the sum of the two rounds once, as stock's Add does
+(addition is commutative). Every element is stock's, in two launches instead of four.
 """
 from typing import NamedTuple, Optional, Sequence
 
@@ -17,16 +20,22 @@ import mindspore
 from mindspore import Tensor
 from mindnlp.core import nn, ops
 
-from ..device import choose
+from ..device import choose, fused_enabled
 
 FORMS = ("table", "matmul")
 
 
 class RotaryTables(NamedTuple):
-    """The tables of one forward, each [B, S, head_dim] in the activation dtype."""
+    """The tables of one forward in the activation dtype.
+
+    cos, sin: [B, S, 1, head_dim], stock's (the fused Ascend kernel's form).
+    rotation: [B, S, G, 1, 2, 2, head_dim // 2], the composite's form (see the module docstring):
+        heads are taken as G equal groups, group g rotated by rotation[:, :, g]; G is 1, or more
+        after `with_identity_group`.
+    """
     cos: Tensor
-    sin: Tensor  # stock's sin (the fused Ascend kernel's form)
-    sin_signed: Tensor  # sin with its first half negated (the composite's form)
+    sin: Tensor
+    rotation: Tensor
 
 
 def inverse_frequencies(head_dim: int, base: float):
@@ -68,7 +77,7 @@ class RotaryEmbedding(nn.Module):
             self.register_buffer("cos_table", cos, persistent=False)
             self.register_buffer("sin_table", sin, persistent=False)
 
-    def forward(self, position_ids, dtype):
+    def forward(self, position_ids, dtype) -> RotaryTables:
         if self.form == "table":
             cos, sin = self.cos_table[position_ids], self.sin_table[position_ids]
         else:
@@ -99,20 +108,34 @@ class RotaryEmbedding(nn.Module):
 
 
 def make_tables(cos, sin) -> RotaryTables:
-    """RotaryTables from cos and sin, adding sin_signed = [-sin1, sin2] (negation is exact)."""
-    half = sin.shape[-1] // 2
-    return RotaryTables(cos, sin, ops.cat((-sin[..., :half], sin[..., half:]), dim=-1))
+    """RotaryTables from stock's cos and sin [B, S, D] (adds the head axis and the rotation table)."""
+    batch, steps, dim = cos.shape
+    half = dim // 2
+    # rotation[o, i] over the halves: [[cos1, -sin1], [sin2, cos2]], as [B, S, 1, 1, 2, 2, D/2]
+    rotation = ops.cat((cos[..., :half], -sin[..., :half], sin[..., half:], cos[..., half:]), dim=-1)
+    return RotaryTables(cos.unsqueeze(2), sin.unsqueeze(2), rotation.reshape(batch, steps, 1, 1, 2, 2, half))
 
 
-def swap_halves(x):
-    """[x1, x2] -> [x2, x1] over the last axis."""
-    x1, x2 = ops.split(x, x.shape[-1] // 2, dim=-1)
-    return ops.cat((x2, x1), dim=-1)
+def with_identity_group(tables: RotaryTables, rotated_groups: int) -> RotaryTables:
+    """Tables whose rotation rotates the first `rotated_groups` head groups and passes a last group
+    through unchanged (x * 1 + other * 0 == x): attention's q and k heads are rotated and its v
+    heads kept in one call, which leaves k and v side by side for one cache write.
+    Build it once per forward; `rotated_groups` groups of the attention's kv head count each."""
+    rotation = tables.rotation
+    shape = tuple(rotation.shape)
+    eye = ops.eye(2, dtype=rotation.dtype).reshape(1, 1, 1, 1, 2, 2, 1)
+    groups = (rotation.broadcast_to(shape[:2] + (rotated_groups,) + shape[3:]),
+              eye.broadcast_to(shape[:2] + (1,) + shape[3:]))
+    return tables._replace(rotation=ops.cat(groups, dim=2))
 
 
 def apply_rotary_composite(x, tables: RotaryTables):
-    """x [B, S, N, D]; tables [B, S, 1, D] in x's dtype. Stock's products and sum, in stock's order."""
-    return (x * tables.cos) + (swap_halves(x) * tables.sin_signed)
+    """x [B, S, N, D] rotated by tables.rotation in stock's arithmetic (module docstring); N must be a
+    multiple of the rotation's group count G."""
+    batch, steps, heads, dim = x.shape
+    groups = tables.rotation.shape[2]
+    pairs = x.reshape(batch, steps, groups, heads // groups, 1, 2, dim // 2) * tables.rotation
+    return pairs.sum(-2).reshape(batch, steps, heads, dim)
 
 
 def apply_rotary_fused(x, tables: RotaryTables):
@@ -121,23 +144,33 @@ def apply_rotary_fused(x, tables: RotaryTables):
 
 
 def apply_rotary(x, tables: RotaryTables):
-    """Rotate x [B, S, N, D] by the tables of RotaryEmbedding.forward ([B, S, D]).
+    """Rotate x [B, S, N, D] by the tables of RotaryEmbedding.forward.
 
     Every head is rotated alike, so q and k heads side by side in one x are rotated in one call,
     each exactly as alone. On Ascend the fused kernel is used only if it matches the composite bit
     for bit on this device: in bf16 stock rounds after each multiply and after the add, which a
-    fused kernel computing in fp32 would not reproduce.
+    fused kernel computing in fp32 would not reproduce. With an identity group (q, k and v
+    together) the kernel rotates the leading groups and the kept group is appended unchanged.
     """
-    if x.shape[:2] != tables.cos.shape[:2] or x.shape[-1] != tables.cos.shape[-1]:
+    batch, steps, heads, dim = x.shape
+    rotation = tables.rotation.shape
+    if rotation[:2] != (batch, steps) or 2 * rotation[-1] != dim or heads % rotation[2]:
         raise ValueError(f"rotary tables {tuple(tables.cos.shape)} do not fit x {tuple(x.shape)} "
-                         f"(want [B, S, D])")
-    tables = RotaryTables(*(table.unsqueeze(2) for table in tables))
-    dtype, heads, dim = x.dtype, x.shape[2], x.shape[3]
+                         f"(want [B, S, D] tables for x [B, S, N, D])")
+    if not fused_enabled():
+        return apply_rotary_composite(x, tables)
+    dtype, groups = x.dtype, rotation[2]
+    rotated_heads = heads - heads // groups if groups > 1 else heads
 
     def make_inputs():
-        angles = ops.randn(2, 5, 1, dim)
-        return ops.randn(2, 5, heads, dim).to(dtype), make_tables(angles.cos().to(dtype), angles.sin().to(dtype))
+        angles = ops.randn(2, 5, dim)
+        return ops.randn(2, 5, rotated_heads, dim).to(dtype), make_tables(angles.cos().to(dtype), angles.sin().to(dtype))
 
-    impl = choose(f"rotary_position_embedding/{dtype}/{heads}x{dim}",
+    impl = choose(f"rotary_position_embedding/{dtype}/{rotated_heads}x{dim}",
                   apply_rotary_fused, apply_rotary_composite, make_inputs)
-    return impl(x, tables)
+    if impl is apply_rotary_composite:
+        return apply_rotary_composite(x, tables)
+    if groups == 1:
+        return apply_rotary_fused(x, tables)
+    # the kernel takes one cos/sin for all heads: rotate the leading groups, append the kept one
+    return ops.cat((apply_rotary_fused(x[:, :, :rotated_heads], tables), x[:, :, rotated_heads:]), dim=2)

@@ -13,12 +13,12 @@ from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoePre
 
 from ..cache import StaticKVCache
 from ..generation import GreedyGenerationMixin
-from ..layers.attention import Attention, build_attention_mask
+from ..layers.attention import Attention, decoder_mask
 from ..layers.linear import Linear
 from ..layers.moe import SparseMoe
 from ..layers.moe_experts import GatedMLP
 from ..layers.norm import RMSNorm
-from ..layers.rotary import RotaryEmbedding
+from ..layers.rotary import RotaryEmbedding, with_identity_group
 from ..loading import StackedCheckpointMixin
 from ..registry import StockFallbackMixin
 
@@ -80,7 +80,7 @@ class Qwen2MoeModel(nn.Module):
                                       max_positions=config.max_position_embeddings)
 
     def forward(self, hidden, position_ids, mask, cache=None, cache_position=None, kv_len=None):
-        rope = self.rotary(position_ids, hidden.dtype)
+        rope = with_identity_group(self.rotary(position_ids, hidden.dtype), self.layers[0].self_attn.rotated_groups)
         cache_write = cache.prepare(cache_position) if cache is not None else None
         for layer in self.layers:
             hidden = layer(hidden, rope, mask, cache, cache_write, kv_len)
@@ -151,18 +151,14 @@ class Qwen2MoeForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedChec
         batch, steps = hidden.shape[:2]
         if cache is None:
             query_slots = ops.arange(steps, dtype=mindspore.int32)
-            valid = attention_mask if attention_mask is not None else ops.ones((batch, steps), mindspore.int32)
+        elif cache_position is None:
+            raise ValueError("a forward over the cache needs cache_position")
         else:
-            if cache_position is None:
-                raise ValueError("a forward over the cache needs cache_position")
             query_slots = cache_position
-            valid = attention_mask if attention_mask is not None else \
-                ops.ones((batch, cache.max_len), mindspore.int32)
         if position_ids is None:
             position_ids = query_slots.reshape(1, steps).broadcast_to((batch, steps))
-        if kv_len is not None:  # attend over the filled positions only, as stock does (see generation)
-            valid = valid[:, :kv_len]
-        mask = build_attention_mask(valid, query_slots, hidden.dtype)
+        mask = decoder_mask(attention_mask, batch, query_slots, cache.max_len if cache is not None else steps,
+                            kv_len, hidden.dtype)
         hidden = self.model(hidden, position_ids, mask, cache, cache_position, kv_len)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
