@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional
 
 import mindspore
 from mindspore import Tensor
+from mindnlp.configs import use_pyboost
 from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
 
@@ -52,6 +53,21 @@ def build_attention_mask(valid: Tensor, query_slots: Tensor, dtype) -> Attention
     return AttentionMask(additive, hidden)
 
 
+_batch_matmul_primitive = mindspore.ops.BatchMatMul()
+
+
+def batch_matmul(a, b):
+    """a @ b over leading batch axes, as stock's ops.matmul computes it.
+
+    Where mindnlp takes its pyboost path (Ascend) this is ops.matmul itself. Elsewhere it is the
+    BatchMatMul primitive, the kernel ops.matmul launches there, with less dispatch; `b` is made
+    contiguous first, which costs less than the kernel call copying a transposed view itself.
+    """
+    if use_pyboost():
+        return ops.matmul(a, b)
+    return _batch_matmul_primitive(a, b.contiguous())
+
+
 def decoder_mask(attention_mask: Optional[Tensor], batch: int, query_slots: Tensor, length: int,
                  kv_len: Optional[int], dtype) -> Optional[AttentionMask]:
     """The mask a decoder's layers share for one forward, or None where it would hide nothing.
@@ -78,12 +94,12 @@ def attention_eager(q, k, v, mask: Optional[AttentionMask]):
     kv_heads, length = k.shape[1], k.shape[2]
     groups = heads // kv_heads
     # Query head n uses KV head n // groups, as repeat_kv arranges it: [B, KV, groups * S, D].
-    scores = ops.matmul(q.reshape(batch, kv_heads, groups * steps, dim), k.swapaxes(2, 3)) / math.sqrt(dim)
+    scores = batch_matmul(q.reshape(batch, kv_heads, groups * steps, dim), k.swapaxes(2, 3)) / math.sqrt(dim)
     scores = scores.reshape(batch, kv_heads, groups, steps, length)
     if mask is not None:
         scores = scores + mask.additive.unsqueeze(2)
     probs = F.softmax(scores, dim=-1, dtype=mindspore.float32).to(q.dtype)
-    out = ops.matmul(probs.reshape(batch, kv_heads, groups * steps, length), v)
+    out = batch_matmul(probs.reshape(batch, kv_heads, groups * steps, length), v)
     return out.reshape(batch, heads, steps, dim)
 
 

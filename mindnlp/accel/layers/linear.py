@@ -9,9 +9,14 @@ pyboost path (Ascend) we call F.linear, the kernel stock calls, so numerics ther
 """
 from typing import Dict, Sequence
 
+import mindspore
+
 from mindnlp.configs import use_pyboost
 from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
+
+
+_matmul_2d = mindspore.ops.MatMul()
 
 
 class Linear(nn.Linear):
@@ -32,10 +37,11 @@ class Linear(nn.Linear):
             return F.linear(input, self.weight, self.bias)
         if self._weight_t is None:
             self._weight_t = self.weight.swapaxes(0, 1).contiguous()
-        out = ops.matmul(input, self._weight_t)
+        # the 2-D MatMul primitive: the kernel ops.matmul reaches for any rank, with less dispatch
+        out = _matmul_2d(input.reshape(-1, self.in_features), self._weight_t)
         if self.bias is not None:
             out = out + self.bias
-        return out
+        return out.reshape(input.shape[:-1] + (self.out_features,))
 
     def invalidate(self) -> None:
         """Forget the transposed copy (call after changing `weight` in place)."""

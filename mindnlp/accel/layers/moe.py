@@ -6,7 +6,7 @@ already rounded to the hidden dtype; then adds the shared expert. `combine_in_ex
 repeats exactly those roundings, so only the expert matmuls themselves can differ from stock.
 """
 import mindspore
-from mindspore import mint, ops as msops
+from mindspore import ops as msops
 
 from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
@@ -16,7 +16,7 @@ from mindnlp.common.activations import ACT2FN
 from .. import device
 from ..loading import INPUT_PROJ_PARAM, SlotLoadedModule, row_slots
 from .linear import FusedLinear, Linear
-from .moe_experts import StackedExperts, dense_outputs, gathered_outputs, grouped_outputs
+from .moe_experts import StackedExperts, dense_outputs, gathered_outputs, grouped_outputs, take_rows
 from .moe_router import RouterConfig, route
 
 # Self-check tolerance of the grouped kernel against the dense twin, per dtype: about two
@@ -32,12 +32,14 @@ def combine_in_expert_order(weighted, order):
     ascending expert index this is its result bit for bit. A reduction (sum over the axis) would
     accumulate in higher precision and round once, which is not what stock does.
     """
-    weighted = mint.gather(weighted, 1, order[:, :, None].broadcast_to(weighted.shape))
-    slots = ops.unbind(weighted, 1) if weighted.shape[1] > 1 else (weighted[:, 0],)
+    tokens, top_k, hidden = weighted.shape
+    rows = order if tokens == 1 else order + ops.arange(0, tokens * top_k, top_k, dtype=order.dtype).unsqueeze(-1)
+    ordered = take_rows(weighted.reshape(tokens * top_k, hidden), rows.reshape(-1))
+    slots = ops.chunk(ordered.reshape(tokens, top_k, hidden), top_k, 1)
     total = slots[0]
     for term in slots[1:]:
         total = total + term
-    return total
+    return total.reshape(tokens, hidden)
 
 
 class SharedExpertDown(nn.Module):
@@ -128,7 +130,7 @@ class SparseMoe(SlotLoadedModule):
         projected = ops.split(self.input_proj(x), self.widths, dim=-1)
         routing = route(projected[0], self.router, x.dtype)
         outputs = self.expert_outputs(x, routing.experts)
-        out = combine_in_expert_order(outputs * routing.weights[:, :, None], routing.order)
+        out = combine_in_expert_order(outputs * routing.weights.unsqueeze(-1), routing.order)
         if self.shared_name:
             gate, up = projected[-2:]
             shared = getattr(self, self.shared_name)(gate, up, self.act)

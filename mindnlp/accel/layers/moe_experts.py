@@ -22,6 +22,14 @@ from ..loading import EXPERT_SLOTS, SlotLoadedModule, gate_up_slots
 from .linear import FusedLinear, Linear
 
 
+_gather = msops.Gather()
+
+
+def take_rows(table, index):
+    """table[index] along axis 0 (the Gather primitive, made once: less dispatch than ops.gather)."""
+    return _gather(table, index, 0)
+
+
 def _uniform_like_linear(param, fan_in):
     """The init stock's nn.Linear gives a weight with this fan-in (skipped under no_init_weights)."""
     bound = 1.0 / math.sqrt(fan_in)
@@ -30,8 +38,8 @@ def _uniform_like_linear(param, fan_in):
 
 def _swiglu(fused, act):
     """act(gate) * up from the fused [..., 2I] projection (gate first), as stock's MLP computes it."""
-    half = fused.shape[-1] // 2
-    return act(fused[..., :half]) * fused[..., half:]
+    gate, up = ops.chunk(fused, 2, -1)
+    return act(gate) * up
 
 
 class GatedMLP(SlotLoadedModule):
@@ -80,10 +88,13 @@ def gathered_outputs(module: StackedExperts, x, experts):
     tokens, top_k = experts.shape
     hidden = x.shape[-1]
     flat = experts.reshape(-1)
-    rows = x[:, None, :].broadcast_to((tokens, top_k, hidden)).reshape(tokens * top_k, 1, hidden)
-    fused = mint.bmm(rows, msops.gather(module.gate_up_weight, flat, 0))       # [T*k, 1, 2I]
+    if tokens == 1:  # a broadcast view the matmul reads as it is (reshaping one costs a copy)
+        rows = x.reshape(1, 1, hidden).broadcast_to((top_k, 1, hidden))
+    else:
+        rows = x.unsqueeze(1).broadcast_to((tokens, top_k, hidden)).reshape(tokens * top_k, 1, hidden)
+    fused = mint.bmm(rows, take_rows(module.gate_up_weight, flat))       # [T*k, 1, 2I]
     act = _swiglu(fused, module.act)
-    out = mint.bmm(act, msops.gather(module.down_weight, flat, 0))              # [T*k, 1, H]
+    out = mint.bmm(act, take_rows(module.down_weight, flat))              # [T*k, 1, H]
     return out.reshape(tokens, top_k, hidden)
 
 
@@ -95,7 +106,7 @@ def dense_outputs(module: StackedExperts, x, experts):
     out = mint.bmm(act, module.down_weight).reshape(module.num_experts * tokens, hidden)
     # row e*T + t of `out` is expert e on token t
     picks = experts * tokens + ops.arange(0, tokens, dtype=experts.dtype)[:, None]
-    return msops.gather(out, picks.reshape(-1), 0).reshape(tokens, top_k, hidden)
+    return take_rows(out, picks.reshape(-1)).reshape(tokens, top_k, hidden)
 
 
 def grouped_mm_ascend(rows, weight, counts, row_experts):
@@ -121,7 +132,7 @@ def grouped_outputs(module: StackedExperts, x, experts, grouped_mm=grouped_mm_as
     flat = experts.reshape(-1)
     # Sort keys as float32 (exact at these sizes): Sort takes float32 on every backend.
     row_experts, order = msops.sort(flat.to(mindspore.float32))
-    rows = msops.gather(x, order // top_k, 0)                                   # [T*k, H]
+    rows = take_rows(x, order // top_k)                                  # [T*k, H]
     # int32 one-hot (the widest OneHot every backend has), group sizes as the int64 group_list
     counts = msops.one_hot(flat, module.num_experts, mindspore.Tensor(1, mindspore.int32),
                            mindspore.Tensor(0, mindspore.int32)).sum(0).to(mindspore.int64)
@@ -130,4 +141,4 @@ def grouped_outputs(module: StackedExperts, x, experts, grouped_mm=grouped_mm_as
     act = _swiglu(fused, module.act)
     out = grouped_mm(act, module.down_weight, counts, row_experts)               # [T*k, H]
     _, inverse = msops.sort(order.to(mindspore.float32))
-    return msops.gather(out, inverse, 0).reshape(tokens, top_k, -1)
+    return take_rows(out, inverse).reshape(tokens, top_k, -1)
