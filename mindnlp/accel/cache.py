@@ -24,6 +24,8 @@ import mindspore
 from mindspore import Parameter, Tensor
 from mindnlp.core import ops
 
+from .layers.primitives import scatter_update
+
 
 class CacheWrite(NamedTuple):
     """Where one step writes: `slots` int32 [S]; `rows` int32 [B * 2 * kv_heads * S] into the flat cache."""
@@ -62,7 +64,7 @@ class StaticKVCache:
             raise ValueError(f"cache write wants keys and values {expected}, got {tuple(keys_values.shape)}")
         if keys_values.dtype != self.dtype:
             keys_values = keys_values.astype(self.dtype)
-        mindspore.ops.scatter_update(self.buffers[layer], where.rows, keys_values.reshape(-1, self.head_dim))
+        scatter_update(self.buffers[layer], where.rows, keys_values.reshape(-1, self.head_dim))
 
     def reorder_cache(self, beam_idx: Tensor) -> None:
         """Reorder the batch rows in place, row b taking row beam_idx[b] (stock's beam search calls this)."""

@@ -13,13 +13,12 @@ from typing import NamedTuple, Optional
 
 import mindspore
 from mindspore import Tensor
-from mindnlp.configs import use_pyboost
 from mindnlp.core import nn, ops
-from mindnlp.core.nn import functional as F
 
 from ..device import choose
 from ..loading import SlotLoadedModule, qkv_slots
 from .linear import FusedLinear, Linear
+from .primitives import batch_matmul, softmax_last
 from .rotary import RotaryTables, apply_rotary, with_identity_group
 
 # The self-check of a fused attention kernel looks for wrong layouts, masks or scales (errors of
@@ -53,21 +52,6 @@ def build_attention_mask(valid: Tensor, query_slots: Tensor, dtype) -> Attention
     return AttentionMask(additive, hidden)
 
 
-_batch_matmul_primitive = mindspore.ops.BatchMatMul()
-
-
-def batch_matmul(a, b):
-    """a @ b over leading batch axes, as stock's ops.matmul computes it.
-
-    Where mindnlp takes its pyboost path (Ascend) this is ops.matmul itself. Elsewhere it is the
-    BatchMatMul primitive, the kernel ops.matmul launches there, with less dispatch; `b` is made
-    contiguous first, which costs less than the kernel call copying a transposed view itself.
-    """
-    if use_pyboost():
-        return ops.matmul(a, b)
-    return _batch_matmul_primitive(a, b.contiguous())
-
-
 def decoder_mask(attention_mask: Optional[Tensor], batch: int, query_slots: Tensor, length: int,
                  kv_len: Optional[int], dtype) -> Optional[AttentionMask]:
     """The mask a decoder's layers share for one forward, or None where it would hide nothing.
@@ -98,7 +82,7 @@ def attention_eager(q, k, v, mask: Optional[AttentionMask]):
     scores = scores.reshape(batch, kv_heads, groups, steps, length)
     if mask is not None:
         scores = scores + mask.additive.unsqueeze(2)
-    probs = F.softmax(scores, dim=-1, dtype=mindspore.float32).to(q.dtype)
+    probs = softmax_last(scores, mindspore.float32).to(q.dtype)
     out = batch_matmul(probs.reshape(batch, kv_heads, groups * steps, length), v)
     return out.reshape(batch, heads, steps, dim)
 

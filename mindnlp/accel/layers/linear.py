@@ -9,14 +9,11 @@ pyboost path (Ascend) we call F.linear, the kernel stock calls, so numerics ther
 """
 from typing import Dict, Sequence
 
-import mindspore
-
 from mindnlp.configs import use_pyboost
 from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
 
-
-_matmul_2d = mindspore.ops.MatMul()
+from .primitives import matmul_2d
 
 
 class Linear(nn.Linear):
@@ -37,8 +34,7 @@ class Linear(nn.Linear):
             return F.linear(input, self.weight, self.bias)
         if self._weight_t is None:
             self._weight_t = self.weight.swapaxes(0, 1).contiguous()
-        # the 2-D MatMul primitive: the kernel ops.matmul reaches for any rank, with less dispatch
-        out = _matmul_2d(input.reshape(-1, self.in_features), self._weight_t)
+        out = matmul_2d(input.reshape(-1, self.in_features), self._weight_t)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(input.shape[:-1] + (self.out_features,))

@@ -16,7 +16,8 @@ from mindnlp.common.activations import ACT2FN
 from .. import device
 from ..loading import INPUT_PROJ_PARAM, SlotLoadedModule, row_slots
 from .linear import FusedLinear, Linear
-from .moe_experts import StackedExperts, dense_outputs, gathered_outputs, grouped_outputs, take_rows
+from .moe_experts import StackedExperts, dense_outputs, gathered_outputs, grouped_outputs
+from .primitives import take_rows
 from .moe_router import RouterConfig, route
 
 # Self-check tolerance of the grouped kernel against the dense twin, per dtype: about two

@@ -19,15 +19,8 @@ from mindnlp.core import nn, ops
 from mindnlp.common.activations import ACT2FN
 
 from ..loading import EXPERT_SLOTS, SlotLoadedModule, gate_up_slots
+from .primitives import take_rows
 from .linear import FusedLinear, Linear
-
-
-_gather = msops.Gather()
-
-
-def take_rows(table, index):
-    """table[index] along axis 0 (the Gather primitive, made once: less dispatch than ops.gather)."""
-    return _gather(table, index, 0)
 
 
 def _uniform_like_linear(param, fan_in):

@@ -5,11 +5,11 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 import mindspore
-from mindspore import Tensor, ops as msops
+from mindspore import Tensor
 
-from mindnlp.configs import use_pyboost
 from mindnlp.core import ops
-from mindnlp.core.nn import functional as F
+
+from .primitives import softmax_last, sort_last, take_rows, topk_last
 
 
 @dataclass(frozen=True)
@@ -49,8 +49,8 @@ def route(logits, config: RouterConfig, hidden_dtype) -> Routing:
     Stock adds each token's expert outputs in ascending expert index (its loop runs over
     experts), so `order` lists each token's k slots that way; see SparseMoe.forward.
     """
-    probs = F.softmax(logits, dim=-1, dtype=config.softmax_dtype)
-    weights, experts = _topk(probs, config)
+    probs = softmax_last(logits, config.softmax_dtype)
+    weights, experts = topk_last(probs, config.top_k, config.topk_sorted)
     if config.norm_topk_prob:
         denominator = ops.sum(weights, dim=-1, keepdim=True)
         if config.norm_eps:
@@ -60,29 +60,8 @@ def route(logits, config: RouterConfig, hidden_dtype) -> Routing:
         weights = weights.to(hidden_dtype)
     # Sort takes float keys on every backend. The ids become floats by a lookup in a float table
     # (exact below 2**24 experts): a Cast from int costs several times a Gather on the CPU backend.
-    _, order = msops.sort(msops.gather(_expert_ids_as_float(config.num_experts), experts, 0), axis=-1)
+    _, order = sort_last(take_rows(_expert_ids_as_float(config.num_experts), experts))
     return Routing(weights, experts, order)
-
-
-def _topk(probs, config: RouterConfig):
-    """Stock's topk (mindnlp's ops.topk) over the last axis.
-
-    Off the pyboost path that is the TopK primitive; given k as a tensor made once, it launches
-    no Cast of k on every call.
-    """
-    if use_pyboost():
-        return ops.topk(probs, config.top_k, dim=-1, sorted=config.topk_sorted)
-    return _topk_primitive(config.topk_sorted)(probs, _int32_scalar(config.top_k))
-
-
-@functools.lru_cache(maxsize=None)
-def _topk_primitive(sorted_: bool):
-    return msops.TopK(sorted_)
-
-
-@functools.lru_cache(maxsize=None)
-def _int32_scalar(value: int) -> Tensor:
-    return Tensor(value, mindspore.int32)
 
 
 @functools.lru_cache(maxsize=None)

@@ -1,0 +1,76 @@
+"""MindSpore primitives called directly, made once: the kernels stock's mindnlp ops launch off the
+pyboost path (the CPU backend), without the per-call dispatch of their function wrappers (10 to
+100 us a call there, against launches of a few us). Where mindnlp takes its pyboost path (Ascend)
+each helper calls the mindnlp op stock calls, so kernels and numerics stay stock's on either path.
+Tests compare every user of these with stock bit for bit.
+"""
+import functools
+
+import mindspore
+from mindspore import Tensor, ops as msops
+
+from mindnlp.configs import use_pyboost
+from mindnlp.core import ops
+from mindnlp.core.nn import functional as F
+
+_matmul = msops.MatMul()
+_batch_matmul = msops.BatchMatMul()
+_gather = msops.Gather()
+_sort_last = msops.Sort(-1)
+_scatter_update = msops.ScatterUpdate()
+_softmax_last = msops.Softmax(-1)
+
+
+def matmul_2d(a, b):
+    """a [M, K] @ b [K, N]: the MatMul kernel mindnlp's ops.matmul reaches for inputs of any rank."""
+    return _matmul(a, b)
+
+
+def batch_matmul(a, b):
+    """a @ b over equal leading batch axes, as stock's ops.matmul computes it. Off pyboost `b` is made
+    contiguous first, which costs less than the kernel call copying a transposed view itself."""
+    if use_pyboost():
+        return ops.matmul(a, b)
+    return _batch_matmul(a, b.contiguous())
+
+
+def take_rows(table, index):
+    """table[index] along axis 0 (an index copy: the same on every backend)."""
+    return _gather(table, index, 0)
+
+
+def softmax_last(x, dtype=None):
+    """F.softmax(x, dim=-1, dtype=dtype), stock's softmax: x cast to `dtype` first, if given."""
+    if use_pyboost():
+        return F.softmax(x, dim=-1, dtype=dtype)
+    if dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
+    return _softmax_last(x)
+
+
+def sort_last(keys):
+    """(sorted keys, order) ascending along the last axis (float keys sort on every backend)."""
+    return _sort_last(keys)
+
+
+def topk_last(x, k: int, sorted_: bool = True):
+    """Stock's ops.topk(x, k, dim=-1, sorted=sorted_): the TopK primitive off pyboost, given k as a
+    tensor made once (a Python k costs a Cast launch per call)."""
+    if use_pyboost():
+        return ops.topk(x, k, dim=-1, sorted=sorted_)
+    return _topk(sorted_)(x, _int32_scalar(k))
+
+
+def scatter_update(target, rows, updates):
+    """Overwrite rows `rows` of the Parameter `target` with `updates`, in place."""
+    return _scatter_update(target, rows, updates)
+
+
+@functools.lru_cache(maxsize=None)
+def _topk(sorted_: bool):
+    return msops.TopK(sorted_)
+
+
+@functools.lru_cache(maxsize=None)
+def _int32_scalar(value: int) -> Tensor:
+    return Tensor(value, mindspore.int32)
