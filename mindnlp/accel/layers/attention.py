@@ -142,6 +142,15 @@ def _check_inputs(decode: bool, heads: int, kv_heads: int, dim: int, dtype):
     return q, k, v, build_attention_mask(valid, slots, dtype)
 
 
+def heads_first(x):
+    """[B, S, N, D] <-> [B, N, S, D]. For one step (S == 1) both hold the same memory, so a reshape
+    does it without the strided view a transpose leaves for the next op to copy."""
+    batch, first, second, dim = x.shape
+    if first == 1 or second == 1:
+        return x.reshape(batch, second, first, dim)
+    return x.swapaxes(1, 2)
+
+
 class Attention(SlotLoadedModule):
     """Rotary self-attention with q, k, v projected by one matmul and rotated by one call.
 
@@ -189,8 +198,8 @@ class Attention(SlotLoadedModule):
         # and alike for every head, so rotating q and k together (and passing v through) before the
         # transpose gives stock's q and k exactly, and leaves k and v adjacent for one cache write.
         qkv = apply_rotary(self.qkv_proj(hidden_states).reshape(batch, steps, heads + 2 * kv_heads, dim), rope)
-        q = qkv[:, :, :heads].swapaxes(1, 2)
-        keys_values = qkv[:, :, heads:].swapaxes(1, 2)  # [B, 2 KV, S, D]
+        qkv = heads_first(qkv)
+        q, keys_values = qkv[:, :heads], qkv[:, heads:]  # [B, N, S, D], [B, 2 KV, S, D]
         if cache is None:
             k, v = ops.chunk(keys_values, 2, 1)
         else:
@@ -199,4 +208,4 @@ class Attention(SlotLoadedModule):
             cache.write(self.layer_idx, cache_write, keys_values)
             k, v = cache.read(self.layer_idx, kv_len)
         out = attend(q, k, v, mask, fused=self.fused)
-        return self.o_proj(out.swapaxes(1, 2).reshape(batch, steps, heads * dim))
+        return self.o_proj(heads_first(out).reshape(batch, steps, heads * dim))
