@@ -42,9 +42,13 @@ METRICS = (
     ("prefill_syncs", "syncs per prefill", "{:.0f}"),
     ("decode_ops", "ops per decode token", "{:.1f}"),
     ("decode_syncs", "syncs per decode token", "{:.1f}"),
+    ("cpu_steal_pct", "host CPU steal during the run (%)", "{:.1f}"),
     ("predicted_prefill_s", "Ascend prefill (s), prediction", "{:.4g}"),
     ("predicted_decode_s", "Ascend decode (s/token), prediction", "{:.4g}"),
 )
+
+# Rows that describe the conditions of a run rather than its result: no ratio.
+CONDITIONS = frozenset({"cpu_steal_pct"})
 
 CHARTS = (
     ("prefill.png", "Prefill, measured on this machine", "seconds", "prefill_s"),
@@ -102,7 +106,8 @@ def _family_table(variants):
         if a is None and b is None:
             continue
         cells = [fmt.format(v) if v is not None else "—" for v in (a, b)]
-        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {_ratio(a, b)} |")
+        ratio = "" if key in CONDITIONS else _ratio(a, b)
+        lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
     sources = {r["memory_source"] for r in (stock, ours) if r}
     lines.append(f"| memory source | {' / '.join(sorted(sources))} | | |")
     for name, result in (("stock", stock), ("ours", ours)):

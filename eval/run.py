@@ -83,21 +83,46 @@ def run_child(args):
         json.dump(summary, f, indent=2)
 
 
+def cpu_ticks(stat_path="/proc/stat"):
+    """(stolen, total) CPU ticks of the whole machine so far, or None where the kernel does not say.
+
+    Stolen ticks are time the hypervisor gave this virtual machine's CPUs to others: on a shared
+    host they slow whichever variant runs at the time, so the report shows them per variant."""
+    try:
+        with open(stat_path, encoding="ascii") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(value) for value in fields[1:]]
+    return ticks[7], sum(ticks)
+
+
+def steal_share(before, after):
+    """Share of the CPU time between two cpu_ticks() readings that was stolen (None if unknown)."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return (after[0] - before[0]) / (after[1] - before[1])
+
+
 def spawn(family, variant, path, args):
     command = [sys.executable, os.path.abspath(__file__), "--child", family, variant, path,
                "--out", args.out, "--max-new-tokens", str(args.max_new_tokens),
                "--count-tokens", str(args.count_tokens)]
     for name, image in args.images:
         command += ["--image", f"{name}={image}"]
-    started = time.perf_counter()
+    started, ticks = time.perf_counter(), cpu_ticks()
     proc = subprocess.run(command)
     if proc.returncode != 0:
         raise SystemExit(f"{family}/{variant} failed (exit {proc.returncode}); see the output above")
     with open(os.path.join(args.out, family, f"{variant}.json"), encoding="utf-8") as f:
         result = json.load(f)
+    result["cpu_steal_share"] = steal_share(ticks, cpu_ticks())
+    steal = result["cpu_steal_share"]
     print(f"  {family}/{variant}: prefill {result['prefill_s']:.3f} s, decode "
-          f"{result['decode_per_token_s']:.4f} s/token, {time.perf_counter() - started:.0f} s in all",
-          flush=True)
+          f"{result['decode_per_token_s']:.4f} s/token, {time.perf_counter() - started:.0f} s in all"
+          + ("" if steal is None else f", {100 * steal:.1f}% of CPU time stolen by the host"), flush=True)
     return result
 
 
@@ -108,6 +133,7 @@ def report_row(result, checks=None):
            "memory_bytes": result["memory"]["peak_bytes"], "memory_source": result["memory"]["source"],
            "prefill_ops": counts["prefill_ops"], "prefill_syncs": counts["prefill_syncs"],
            "decode_ops": counts["decode_ops"], "decode_syncs": counts["decode_syncs"],
+           "cpu_steal_pct": None if result.get("cpu_steal_share") is None else 100 * result["cpu_steal_share"],
            "top": counts.get("top_decode") or counts["top_prefill"]}
     if checks is not None:
         passed = sum(check.passed for check in checks)

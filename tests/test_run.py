@@ -41,3 +41,18 @@ def test_missing_image(tmp_path):
 
 def test_malformed_pair():
     assert "NAME=VALUE" in run("--model-path", "qwen2_moe")
+
+
+def test_cpu_steal_share_from_proc_stat(tmp_path):
+    sys.path.insert(0, os.path.join(ROOT, "eval"))
+    import run as run_module
+
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 10 0 5 20 0 0\ncpu0 1 2 3\n")
+    before = run_module.cpu_ticks(str(stat))
+    assert before == (20, 985)
+    stat.write_text("cpu  200 0 90 900 10 0 5 70 0 0\n")
+    after = run_module.cpu_ticks(str(stat))
+    assert run_module.steal_share(before, after) == pytest.approx(50 / 290)
+    assert run_module.steal_share(None, after) is None
+    assert run_module.cpu_ticks(str(tmp_path / "missing")) is None
