@@ -72,14 +72,6 @@ GATE_UP_PARAM = "gate_up_proj.weight"
 INPUT_PROJ_PARAM = "input_proj.weight"
 
 
-def qkv_slots(q_rows: int, kv_rows: int, bias: bool) -> Tuple[CheckpointSlot, ...]:
-    """Slots of q_proj, k_proj, v_proj stacked in that order as row blocks of `qkv_proj`."""
-    bounds = {"q": (0, q_rows), "k": (q_rows, q_rows + kv_rows), "v": (q_rows + kv_rows, q_rows + 2 * kv_rows)}
-    kinds = ("weight", "bias") if bias else ("weight",)
-    return tuple(CheckpointSlot(f"{name}_proj.{kind}", f"qkv_proj.{kind}", rows=rows)
-                 for kind in kinds for name, rows in bounds.items())
-
-
 def row_slots(blocks: Sequence[Tuple[str, int]], param: str) -> Tuple[CheckpointSlot, ...]:
     """Slots of checkpoint tensors (name, rows) stacked in that order as row blocks of `param`."""
     slots, start = [], 0
@@ -87,6 +79,14 @@ def row_slots(blocks: Sequence[Tuple[str, int]], param: str) -> Tuple[Checkpoint
         slots.append(CheckpointSlot(name, param, rows=(start, start + rows)))
         start += rows
     return tuple(slots)
+
+
+def qkv_slots(q_rows: int, kv_rows: int, bias: bool) -> Tuple[CheckpointSlot, ...]:
+    """Slots of q_proj, k_proj, v_proj stacked in that order as row blocks of `qkv_proj`."""
+    kinds = ("weight", "bias") if bias else ("weight",)
+    return tuple(slot for kind in kinds
+                 for slot in row_slots(((f"q_proj.{kind}", q_rows), (f"k_proj.{kind}", kv_rows),
+                                        (f"v_proj.{kind}", kv_rows)), f"qkv_proj.{kind}"))
 
 
 def gate_up_slots(rows: int) -> Tuple[CheckpointSlot, ...]:

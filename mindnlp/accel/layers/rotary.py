@@ -156,7 +156,7 @@ def apply_rotary(x, tables: RotaryTables):
     rotation = tables.rotation.shape
     if rotation[:2] != (batch, steps) or 2 * rotation[-1] != dim or heads % rotation[2]:
         raise ValueError(f"rotary tables {tuple(tables.cos.shape)} do not fit x {tuple(x.shape)} "
-                         f"(want [B, S, D] tables for x [B, S, N, D])")
+                         f"(want tables [B, S, 1, D] for x [B, S, N, D], N a multiple of their head groups)")
     if not fused_enabled():
         return apply_rotary_composite(x, tables)
     dtype, groups = x.dtype, rotation[2]
