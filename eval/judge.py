@@ -191,23 +191,26 @@ def load(family, path, variant, dtype=None):
     """Load model and tokenizer (processor for Qwen2-VL) from a model directory.
 
     variant "stock" uses stock mindnlp's class; "ours" uses the class mindnlp.accel registers
-    for the model type, falling back to stock (recorded as ours_is_stock) where there is none.
+    for the model type, or stock where there is none. What ran is read from the loaded instance,
+    since our class hands back a stock model for a config it does not support: ours_is_stock is
+    True when the model is exactly the stock class, and model_class is the instance's class as
+    "module.Name" (ours and stock share the short name).
     """
     if variant not in VARIANTS:
         raise FixtureError(f"unknown variant {variant!r}; known: {VARIANTS}")
     check_model_dir(family, path)
     from mindnlp.transformers import AutoProcessor, AutoTokenizer
 
-    cls = stock_class(family)
-    ours_is_stock = True
-    if variant == "ours":
-        ours = accelerated_class(family)
-        if ours is not None:
-            cls, ours_is_stock = ours, ours is cls
+    stock = stock_class(family)
+    cls = accelerated_class(family) if variant == "ours" else None
+    if cls is None:
+        cls = stock
     start = time.perf_counter()
     model = cls.from_pretrained(path, ms_dtype=dtype or default_dtype())
     processor = AutoProcessor.from_pretrained(path) if family == "qwen2_vl" else AutoTokenizer.from_pretrained(path)
-    return Loaded(family, variant, path, model, processor, cls.__name__, ours_is_stock, time.perf_counter() - start)
+    load_s = time.perf_counter() - start
+    ran = type(model)
+    return Loaded(family, variant, path, model, processor, f"{ran.__module__}.{ran.__qualname__}", ran is stock, load_s)
 
 
 def _synchronize():
@@ -379,7 +382,7 @@ def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=
     memory.update({"peak_reset": resettable, "phase_start_bytes": phase_start})
     return {
         "family": family,
-        "model_class": type(model).__name__,
+        "model_class": f"{type(model).__module__}.{type(model).__name__}",
         "max_new_tokens": max_new_tokens,
         "decode_rule": "e2e / new_tokens" if family == "qwen2_vl" else "(e2e - prefill) / new_tokens",
         "warmup_s": warmup_s,

@@ -162,7 +162,7 @@ def add_predictions(rows, stock_counts):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default=",".join(DEFAULT_FAMILIES))
-    parser.add_argument("--size", default="topology", choices=("tiny", "topology"))
+    parser.add_argument("--size", default="topology", choices=("tiny", "mixed", "topology"))
     parser.add_argument("--llm-dir", default=os.path.join(ROOT, "llm"))
     parser.add_argument("--model-path", action="append", default=[], metavar="FAMILY=DIR")
     parser.add_argument("--image", action="append", default=[], metavar="NAME=PATH")
@@ -199,7 +199,8 @@ def main(argv=None):
         stock_counts[family] = stock["counts"]
         rows += [report_row(stock), report_row(ours, checks)]
         notes.append(f"{family}: {what}; ours is {ours['model_class']}"
-                     + (" (no accelerated class yet: ours equals stock)" if ours["ours_is_stock"] else ""))
+                     + (" (stock served: no accelerated class, or it fell back for this config)"
+                        if ours["ours_is_stock"] else ""))
     notes += add_predictions(rows, stock_counts)
     import mindspore
 

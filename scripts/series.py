@@ -2,7 +2,7 @@
 
     python scripts/series.py base            make or find the upstream base; print its path
     python scripts/series.py fork            build .fork/: the base plus our series as commits
-    python scripts/series.py export [--check] [--out DIR]
+    python scripts/series.py export [--check]
                                              write patches/ and patches.zip (--check: fail if stale)
     python scripts/series.py apply DEST [--patches DIR]
                                              a fresh copy of the base with the patches git-applied
@@ -280,14 +280,19 @@ def write_zip(patch_paths, zip_path):
 
 
 def stale_files(fresh_dir, committed_dir):
+    """How committed_dir's patches differ from a fresh export in fresh_dir: (problem, file name) pairs.
+
+    A patch's name comes from its subject and its text holds the whole message, so an edited
+    subject or body shows as "changed" or, when the name moves, as one missing and one stray file."""
     fresh = {os.path.basename(p): p for p in glob.glob(os.path.join(fresh_dir, "*.patch"))}
     committed = {os.path.basename(p): p for p in glob.glob(os.path.join(committed_dir, "*.patch"))}
-    differ = sorted(set(fresh) ^ set(committed))
+    problems = [("missing from patches/", name) for name in sorted(set(fresh) - set(committed))]
+    problems += [("not made by the series", name) for name in sorted(set(committed) - set(fresh))]
     for name in sorted(set(fresh) & set(committed)):
         with open(fresh[name], "rb") as a, open(committed[name], "rb") as b:
             if a.read() != b.read():
-                differ.append(name)
-    return differ
+                problems.append(("changed", name))
+    return problems
 
 
 # ---- applying -------------------------------------------------------------------------------
@@ -392,10 +397,10 @@ def main(argv=None):
         elif args.command == "export" and args.check:
             with tempfile.TemporaryDirectory() as tmp:
                 export(tmp)
-                differ = stale_files(tmp, PATCHES_DIR)
-            if differ:
+                problems = stale_files(tmp, PATCHES_DIR)
+            if problems:
                 raise SeriesError("patches/ is stale against mindnlp/ and scripts/series.toml; run "
-                                  "scripts/export.sh. Differing: " + ", ".join(differ))
+                                  "scripts/export.sh.\n" + "\n".join(f"  {what}: {name}" for what, name in problems))
             say("patches/ is up to date")
         elif args.command == "export":
             paths = export(PATCHES_DIR)

@@ -28,6 +28,10 @@ def copy_run(run):
                                                  for p in run["prompts"]]}
 
 
+def qualified_name(cls):
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
 # -- the check ------------------------------------------------------------------------------------
 
 def test_identical_run_passes():
@@ -161,7 +165,8 @@ def test_missing_image_is_a_clear_error(tmp_path):
 
 def test_protocol_run_on_tiny_fixture(qwen_moe_tiny, tmp_path):
     loaded = judge.load("qwen2_moe", qwen_moe_tiny, "stock")
-    assert loaded.model_class == "Qwen2MoeForCausalLM" and loaded.ours_is_stock
+    assert loaded.model_class == "mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe.Qwen2MoeForCausalLM"
+    assert loaded.ours_is_stock
     result = judge.run_family("qwen2_moe", loaded.model, loaded.processor, max_new_tokens=2)
 
     assert [p["name"] for p in result["prompts"]] == ["hello", "novelist", "summary"]
@@ -181,8 +186,20 @@ def test_protocol_run_on_tiny_fixture(qwen_moe_tiny, tmp_path):
     assert passcheck.all_passed(passcheck.check_run(target, result))
 
 
-def test_ours_variant_reports_whether_it_differs_from_stock(qwen_moe_tiny):
-    loaded = judge.load("qwen2_moe", qwen_moe_tiny, "ours")
+def test_ours_variant_reports_our_class(qwen_moe_tiny):
     ours = judge.accelerated_class("qwen2_moe")
-    assert loaded.ours_is_stock == (ours is None or ours is judge.stock_class("qwen2_moe"))
-    assert loaded.model_class == (ours or judge.stock_class("qwen2_moe")).__name__
+    assert ours is not None and ours is not judge.stock_class("qwen2_moe")
+    loaded = judge.load("qwen2_moe", qwen_moe_tiny, "ours")
+    assert type(loaded.model) is ours
+    assert not loaded.ours_is_stock
+    assert loaded.model_class == qualified_name(ours) and loaded.model_class.startswith("mindnlp.accel.")
+
+
+def test_ours_variant_reports_stock_when_our_class_falls_back(qwen_moe_tiny, monkeypatch):
+    ours = judge.accelerated_class("qwen2_moe")
+    stock = judge.stock_class("qwen2_moe")
+    monkeypatch.setattr(ours, "supports", classmethod(lambda cls, config: (False, "rejected by the test")))
+    loaded = judge.load("qwen2_moe", qwen_moe_tiny, "ours")
+    assert type(loaded.model) is stock
+    assert loaded.ours_is_stock
+    assert loaded.model_class == qualified_name(stock)

@@ -78,9 +78,85 @@ def test_stale_check_catches_a_changed_overlay_file(project, base):
     assert run_series(project, "export", "--check", env=env).returncode == 0
     with open(project / "mindnlp" / "accel" / "__init__.py", "a") as f:
         f.write("\n# a change the committed series does not have\n")
+    assert stale_check_problems(project, env) == ["changed: " + first_patch(project)]
+
+
+def fresh_export(project, env):
+    """Export into the project copy and confirm the check passes: the names of its patches."""
+    assert run_series(project, "export", env=env).returncode == 0
     proc = run_series(project, "export", "--check", env=env)
-    assert proc.returncode == 1
-    assert "stale" in proc.stderr and ".patch" in proc.stderr
+    assert proc.returncode == 0, proc.stderr
+    return sorted(p.name for p in (project / "patches").glob("*.patch"))
+
+
+def first_patch(project):
+    return sorted(p.name for p in (project / "patches").glob("*.patch"))[0]
+
+
+def stale_check_problems(project, env):
+    """Run the check, which must fail with the stale message; the problem lines it lists."""
+    proc = run_series(project, "export", "--check", env=env)
+    assert proc.returncode == 1, proc.stderr
+    assert "patches/ is stale" in proc.stderr and "scripts/export.sh" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    return [line.strip() for line in proc.stderr.splitlines() if line.startswith("  ")]
+
+
+def edit_series(project, old, new):
+    """Replace the one occurrence of old in the project's scripts/series.toml."""
+    path = project / "scripts" / "series.toml"
+    text = path.read_text(encoding="utf-8")
+    assert text.count(old) == 1, old
+    path.write_text(text.replace(old, new), encoding="utf-8")
+
+
+def series_patches(project):
+    import tomllib
+    with open(project / "scripts" / "series.toml", "rb") as f:
+        return tomllib.load(f)["patch"]
+
+
+def test_stale_check_catches_an_edited_subject(project, base):
+    env = base_env(base)
+    names = fresh_export(project, env)
+    # A subject longer than git's 64-character file names: its end is not in the name, only in the text.
+    index, subject = next((i, p["subject"]) for i, p in enumerate(series_patches(project)) if len(p["subject"]) > 64)
+    edit_series(project, f'subject = "{subject}"', f'subject = "{subject}, edited"')
+    assert stale_check_problems(project, env) == ["changed: " + names[index]]
+
+
+def test_stale_check_catches_a_subject_edit_that_renames_the_patch(project, base):
+    env = base_env(base)
+    names = fresh_export(project, env)
+    subject = series_patches(project)[-1]["subject"]
+    edit_series(project, f'subject = "{subject}"', f'subject = "Edited {subject}"')
+    problems = stale_check_problems(project, env)
+    assert f"not made by the series: {names[-1]}" in problems
+    assert f"missing from patches/: {names[-1][:5]}Edited-" in " ".join(problems)
+    assert len(problems) == 2
+
+
+def test_stale_check_catches_an_edited_body(project, base):
+    env = base_env(base)
+    names = fresh_export(project, env)
+    index = len(names) // 2
+    line = series_patches(project)[index]["body"].strip().splitlines()[0]
+    edit_series(project, line + "\n", line + " Edited.\n")
+    assert stale_check_problems(project, env) == ["changed: " + names[index]]
+
+
+def test_stale_check_catches_a_deleted_patch(project, base):
+    env = base_env(base)
+    names = fresh_export(project, env)
+    (project / "patches" / names[1]).unlink()
+    assert stale_check_problems(project, env) == ["missing from patches/: " + names[1]]
+
+
+def test_stale_check_catches_a_stray_patch(project, base):
+    env = base_env(base)
+    names = fresh_export(project, env)
+    shutil.copyfile(project / "patches" / names[0], project / "patches" / "0099-stray.patch")
+    assert stale_check_problems(project, env) == ["not made by the series: 0099-stray.patch"]
 
 
 def test_unclaimed_overlay_file_is_an_error(project, base):
