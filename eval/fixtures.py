@@ -1,7 +1,9 @@
 """Offline model fixtures: small checkpoints in Hugging Face layout with seeded random weights.
 
-Four families stand in for the judged models. Each has two sizes:
+Four families stand in for the judged models. Each has three sizes:
   tiny      2 layers, few experts, narrow: loads and generates in seconds, for tests;
+  mixed     tiny with the shapes tiny lacks: 3 layers, grouped KV heads (GQA), dense layers
+            among the sparse ones, other expert and top-k counts;
   topology  the real model's layer, expert, top-k, head and vocabulary counts at small widths:
             the CPU stand-in for host-side cost (operator launches and syncs scale with these
             counts, not with width).
@@ -33,7 +35,7 @@ import fixture_tokenizer
 from fixture_tokenizer import TokenizerSpec
 
 FAMILIES = ("qwen2_moe", "deepseek", "qwen2_vl", "llama")
-SIZES = ("tiny", "topology")
+SIZES = ("tiny", "mixed", "topology")
 COMPLETE_MARKER = ".fixture-complete"
 
 # Logit scale: lm_head rows are drawn so that logits have this standard deviation over a unit-RMS
@@ -238,6 +240,16 @@ TINY_OVERRIDES = {
               "intermediate_size": 128},
 }
 
+# Mixed: applied over tiny.
+MIXED_OVERRIDES = {
+    "qwen2_moe": {"num_hidden_layers": 3, "num_key_value_heads": 2, "mlp_only_layers": [1], "num_experts": 6,
+                  "num_experts_per_tok": 3, "norm_topk_prob": True, "max_window_layers": 3},
+    "deepseek": {"num_hidden_layers": 3, "first_k_dense_replace": 1, "n_routed_experts": 6,
+                 "num_experts_per_tok": 3, "norm_topk_prob": True},
+    "qwen2_vl": {"num_hidden_layers": 3, "num_key_value_heads": 2, "max_window_layers": 3},
+    "llama": {"num_hidden_layers": 3, "num_key_value_heads": 2},
+}
+
 REAL_CONFIGS = {"qwen2_moe": QWEN2_MOE_REAL, "deepseek": DEEPSEEK_REAL, "qwen2_vl": QWEN2_VL_REAL, "llama": LLAMA_REAL}
 
 # Generation configs as the real repositories ship them (Janus's LM has none: this is what
@@ -372,8 +384,10 @@ def model_config(family, size):
     """The config.json contents for a family and size."""
     _check_family_size(family, size)
     config = _merge(REAL_CONFIGS[family], TOPOLOGY_WIDTHS[family])
-    if size == "tiny":
+    if size in ("tiny", "mixed"):
         config = _merge(config, TINY_OVERRIDES[family])
+    if size == "mixed":
+        config = _merge(config, MIXED_OVERRIDES[family])
     heads = config["num_attention_heads"]
     if config["hidden_size"] % heads:
         raise ValueError(f"{family}/{size}: hidden_size {config['hidden_size']} not divisible by {heads} heads")
@@ -415,7 +429,8 @@ def _feed_forward_params(family, prefix, layer, config):
     """The MLP or MoE block of one decoder layer, under its checkpoint names."""
     hidden = config["hidden_size"]
     if family == "qwen2_moe":
-        sparse = config["num_experts"] > 0 and (layer + 1) % config["decoder_sparse_step"] == 0
+        sparse = (layer not in config.get("mlp_only_layers", []) and config["num_experts"] > 0
+                  and (layer + 1) % config["decoder_sparse_step"] == 0)
         if not sparse:
             return _mlp_params(prefix, hidden, config["intermediate_size"])
         params = [(f"{prefix}.gate.weight", (config["num_experts"], hidden))]

@@ -3,6 +3,7 @@
 MINDNLP_TREE names a tree to test (scripts/verify.sh passes the one it applied); otherwise the
 current overlay is exported and applied to the base by scripts/series.py (cached by content).
 """
+import functools
 import os
 import subprocess
 import sys
@@ -35,3 +36,37 @@ import mindnlp  # noqa: E402
 
 if not os.path.abspath(mindnlp.__file__).startswith(TREE + os.sep):
     raise RuntimeError(f"mindnlp was imported from {mindnlp.__file__}, not from the patched tree {TREE}")
+
+
+import pytest  # noqa: E402
+
+
+class StockGenerateCalls(list):
+    """The model class name of every call of stock's GenerationMixin.generate, in order. ``of(model)``
+    counts the calls made on that very model object: names alone do not tell ours from stock's
+    (both are Qwen2MoeForCausalLM), and a test calls both."""
+
+    def __init__(self):
+        super().__init__()
+        self.models = []
+
+    def of(self, model):
+        return sum(called is model for called in self.models)
+
+
+@pytest.fixture
+def stock_generate_calls(monkeypatch):
+    """Every call of stock's GenerationMixin.generate during the test (our fast path never makes one)."""
+    from mindnlp.transformers.generation.utils import GenerationMixin
+
+    calls = StockGenerateCalls()
+    original = GenerationMixin.generate
+
+    @functools.wraps(original)
+    def spy(self, *args, **kwargs):
+        calls.append(type(self).__name__)
+        calls.models.append(self)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(GenerationMixin, "generate", spy)
+    return calls

@@ -88,9 +88,18 @@ def test_agreeing_kernel_is_chosen_once(ascend):
     assert agreeing.calls == 1
 
 
-def test_tolerance_admits_small_differences(ascend):
+def test_a_kernel_within_tolerance_is_refused_by_default(ascend):
+    close = Spy(lambda x: x * 2.0 + 1e-6)
+    with pytest.warns(RuntimeWarning, match=device.INEXACT_ENV):
+        assert device.choose("k", close, twin, make_inputs, atol=1e-5) is twin
+
+
+def test_inexact_switch_admits_small_differences_only(ascend, monkeypatch):
+    monkeypatch.setenv(device.INEXACT_ENV, "1")
     close = Spy(lambda x: x * 2.0 + 1e-6)
     assert device.choose("k", close, twin, make_inputs, atol=1e-5) is close
+    with pytest.warns(RuntimeWarning, match="differs from its twin"):
+        assert device.choose("far", lambda x: x * 2.0 + 1e-3, twin, make_inputs, atol=1e-5) is twin
 
 
 def test_names_are_decided_separately(ascend):

@@ -5,8 +5,8 @@ the activation dtype, divided (not multiplied) by sqrt(head_dim) after the matmu
 mask holding 0 or the dtype's min, softmax in fp32, cast back, then @ v. Grouping query heads by
 their KV head ([B, kv_heads, groups * S, D]) only changes which rows share a matmul call, not any
 dot product. The fused Ascend kernels (flash_attention_score for prefill, incre_flash_attention for
-decode) compute the softmax differently, so they are opt-in (`fused=True`) and still pass the
-on-device self-check before use.
+decode) compute the softmax differently, so the self-check never finds them bit-identical: they
+are used only with MINDNLP_ACCEL_INEXACT=1 (device.choose) and after the self-check agrees.
 """
 import math
 from typing import NamedTuple, Optional
@@ -15,11 +15,11 @@ import mindspore
 from mindspore import Tensor
 from mindnlp.core import nn, ops
 
-from ..device import choose
+from .. import device
 from ..loading import SlotLoadedModule, qkv_slots
 from .linear import FusedLinear, Linear
 from .primitives import batch_matmul, softmax_last
-from .rotary import RotaryTables, apply_rotary, with_identity_group
+from .rotary import RotaryTables, apply_rotary, apply_rotary_composite, choose_rotary, with_identity_group
 
 # The self-check of a fused attention kernel looks for wrong layouts, masks or scales (errors of
 # order 1), not for bit parity, which fused kernels do not have: bf16 outputs agree to about 1e-2.
@@ -39,7 +39,7 @@ def build_attention_mask(valid: Tensor, query_slots: Tensor, dtype) -> Attention
     valid: [B, T], nonzero where key slot t holds a real token (0 for padding or empty slots).
     query_slots: int [S], the slot of each query. Query i sees key t iff valid[b, t] and t <= slot i.
     For a prompt alone, pass the 2-D attention_mask and arange(S); for decode over a static cache,
-    the cache's valid flags and the current slot (see StaticKVCache.attention_mask).
+    the padded attention mask over the cache's slots and the current slot (see decoder_mask).
     """
     batch, length = valid.shape
     steps = query_slots.shape[0]
@@ -106,8 +106,8 @@ def attention_decode_fused(q, k, v, mask: AttentionMask):
         scale_value=1.0 / math.sqrt(q.shape[-1]), num_key_value_heads=k.shape[1])
 
 
-def attend(q, k, v, mask: Optional[AttentionMask], fused: bool = False):
-    """Attention core: the eager path, or with `fused` the checked Ascend kernel for this step kind.
+def attend(q, k, v, mask: Optional[AttentionMask], kernel=attention_eager):
+    """Attention core with `kernel` (the eager path, or what choose_attention settled on).
     mask None: all keys visible (a single decode query over exactly the filled cache, no padding)."""
     if mask is None:
         if q.shape[2] != 1:
@@ -115,14 +115,18 @@ def attend(q, k, v, mask: Optional[AttentionMask], fused: bool = False):
     elif mask.additive.shape[-2:] != (q.shape[2], k.shape[2]):
         raise ValueError(f"mask {tuple(mask.additive.shape)} does not fit {q.shape[2]} queries "
                          f"over {k.shape[2]} keys")
-    if not fused:
-        return attention_eager(q, k, v, mask)
-    heads, dim, kv_heads = q.shape[1], q.shape[3], k.shape[1]
-    decode = q.shape[2] == 1
+    return kernel(q, k, v, mask)
+
+
+def choose_attention(decode: bool, heads: int, kv_heads: int, dim: int, dtype):
+    """The attention kernel for decode (one query step) or prefill: the fused Ascend kernel where
+    device.choose accepts it (see the module docstring), else the eager path."""
+    if not device.fused_enabled():
+        return attention_eager
     kernel = attention_decode_fused if decode else attention_prefill_fused
-    name = f"{kernel.__name__}/{q.dtype}/{heads}x{kv_heads}x{dim}"
-    return choose(name, kernel, attention_eager, lambda: _check_inputs(decode, heads, kv_heads, dim, q.dtype),
-                  atol=FUSED_ATOL, rtol=FUSED_RTOL)(q, k, v, mask)
+    name = f"{kernel.__name__}/{dtype}/{heads}x{kv_heads}x{dim}"
+    return device.choose(name, kernel, attention_eager, lambda: _check_inputs(decode, heads, kv_heads, dim, dtype),
+                  atol=FUSED_ATOL, rtol=FUSED_RTOL)
 
 
 def _check_inputs(decode: bool, heads: int, kv_heads: int, dim: int, dtype):
@@ -168,14 +172,15 @@ class Attention(SlotLoadedModule):
 
     def __init__(self, hidden_size: int, num_heads: int, num_kv_heads: Optional[int] = None,
                  head_dim: Optional[int] = None, qkv_bias: bool = False, o_bias: bool = False,
-                 layer_idx: int = 0, fused: bool = False):
+                 layer_idx: int = 0):
         super().__init__()
         num_kv_heads = num_kv_heads or num_heads
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads ({num_heads}) must be a multiple of num_kv_heads ({num_kv_heads})")
         head_dim = head_dim or hidden_size // num_heads
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
-        self.layer_idx, self.fused = layer_idx, fused
+        self.layer_idx = layer_idx
+        self._kernels = {}  # (dtype, decode) -> attention kernel; dtype -> rotary kernel
         q_rows, kv_rows = num_heads * head_dim, num_kv_heads * head_dim
         self.checkpoint_slots = qkv_slots(q_rows, kv_rows, qkv_bias)
         # Weight rows [q; k; v], stock's [out, in] layout: each output is the dot product stock's
@@ -188,6 +193,15 @@ class Attention(SlotLoadedModule):
         """Head groups (of num_kv_heads heads) that rotary rotates: the query heads, then the keys."""
         return self.num_heads // self.num_kv_heads + 1
 
+    def prepare_kernels(self, dtype, batch_size: int) -> None:
+        """Settle the rotary and attention kernels for `dtype` (before the first forward)."""
+        if dtype in self._kernels:
+            return
+        heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
+        self._kernels[dtype] = choose_rotary(dtype, heads + 2 * kv_heads, dim, self.rotated_groups + 1)
+        for decode in (False, True):
+            self._kernels[dtype, decode] = choose_attention(decode, heads, kv_heads, dim, dtype)
+
     def forward(self, hidden_states, rope: RotaryTables, mask: Optional[AttentionMask], cache=None, cache_write=None,
                 kv_len: Optional[int] = None):
         batch, steps, _ = hidden_states.shape
@@ -197,7 +211,9 @@ class Attention(SlotLoadedModule):
         # [B, S, N + 2 KV, D]: query heads, then key heads, then value heads. Rotation is elementwise
         # and alike for every head, so rotating q and k together (and passing v through) before the
         # transpose gives stock's q and k exactly, and leaves k and v adjacent for one cache write.
-        qkv = apply_rotary(self.qkv_proj(hidden_states).reshape(batch, steps, heads + 2 * kv_heads, dim), rope)
+        dtype = hidden_states.dtype
+        qkv = self.qkv_proj(hidden_states).reshape(batch, steps, heads + 2 * kv_heads, dim)
+        qkv = apply_rotary(qkv, rope, self._kernels.get(dtype, apply_rotary_composite))
         qkv = heads_first(qkv)
         q, keys_values = qkv[:, :heads], qkv[:, heads:]  # [B, N, S, D], [B, 2 KV, S, D]
         if cache is None:
@@ -207,5 +223,5 @@ class Attention(SlotLoadedModule):
                 raise ValueError("Attention with a cache needs cache_write (cache.prepare(slots))")
             cache.write(self.layer_idx, cache_write, keys_values)
             k, v = cache.read(self.layer_idx, kv_len)
-        out = attend(q, k, v, mask, fused=self.fused)
+        out = attend(q, k, v, mask, self._kernels.get((dtype, steps == 1), attention_eager))
         return self.o_proj(heads_first(out).reshape(batch, steps, heads * dim))

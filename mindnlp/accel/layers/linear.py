@@ -19,21 +19,28 @@ from .primitives import matmul_2d
 class Linear(nn.Linear):
     """Drop-in for nn.Linear: same parameter names and shapes ([out, in] weight, [out] bias).
 
-    The transposed copy is made on the first CPU call and dropped whenever a state dict is loaded
-    into the module; code that assigns `weight` directly must call `invalidate()`. It doubles the
-    weight's memory on the CPU backend only.
+    `prepare_kernels()` makes the transposed copy the CPU path reads (doubling the weight's memory
+    on the CPU backend only); until then, and whenever the copy may be stale (a state dict was
+    loaded into the module, or `weight` was rebound to another Parameter, as tying embeddings
+    does), forward runs F.linear, stock's kernel, which gives the same bits. Code that changes
+    `weight` in place by other means must call `invalidate()`.
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None):
         super().__init__(in_features, out_features, bias=bias, dtype=dtype)
         self._weight_t = None
+        self._weight_t_source = None
         self._register_load_state_dict_pre_hook(self._on_load)
 
-    def forward(self, input):
-        if use_pyboost():
-            return F.linear(input, self.weight, self.bias)
-        if self._weight_t is None:
+    def prepare_kernels(self, dtype, batch_size: int) -> None:
+        """Make the transposed copy for the CPU path (nothing where mindnlp takes its pyboost path)."""
+        if not use_pyboost() and self._weight_t_source is not self.weight:
             self._weight_t = self.weight.swapaxes(0, 1).contiguous()
+            self._weight_t_source = self.weight
+
+    def forward(self, input):
+        if use_pyboost() or self._weight_t_source is not self.weight:
+            return F.linear(input, self.weight, self.bias)
         out = matmul_2d(input.reshape(-1, self.in_features), self._weight_t)
         if self.bias is not None:
             out = out + self.bias
@@ -42,12 +49,13 @@ class Linear(nn.Linear):
     def invalidate(self) -> None:
         """Forget the transposed copy (call after changing `weight` in place)."""
         self._weight_t = None
+        self._weight_t_source = None
 
     def _on_load(self, *args, **kwargs):
         self.invalidate()
 
 
-# (input shape, dtype, in, widths, pyboost) -> whether one matmul equals the per-block ones here.
+# (rows, dtype, in, widths, pyboost) -> whether one matmul equals the per-block ones here.
 _FUSION_EXACT: Dict[tuple, bool] = {}
 # Random probes per check. A different summation order changes only the outputs whose fp32 sums
 # fall near a rounding boundary of the output dtype: about 1 in 1000 fp16 outputs, a few per
@@ -63,31 +71,40 @@ class FusedLinear(Linear):
     reduction axis across threads for a single row with a narrow output (under ~1024 columns),
     and sums each column in one pass for a wide one, so q (1536 wide) with k and v (256 each) of
     Qwen2-VL differs from the 2048-wide fused product in the last bits. So before one matmul
-    serves an input shape, a random layer of this shape compares it bit for bit with the per-block
-    matmuls (one host sync per input shape and dtype, kept for the process; make the decision
-    before compiling a step); where they differ, forward runs one matmul per block and
-    concatenates, which is the separate layers' arithmetic. Only single-token inputs (decode,
-    where launches per step matter) are fused: prompt lengths vary, and a check per length would
-    cost a sync in every prefill, so inputs of several tokens always run per block.
+    serves inputs of `rows` rows (the product of the leading axes: the matmul sees [rows, in]),
+    `prepare_kernels` compares it on a random layer of this shape bit for bit with the per-block
+    matmuls (one host sync per row count and dtype, kept for the process); forward runs one
+    matmul only for a row count found exact, and one matmul per block, the separate layers'
+    arithmetic, otherwise. Only the decode row count (one token per sequence, where launches per
+    step matter) is prepared: prompt lengths vary, and a check per length would cost a sync in
+    every prefill.
     """
 
     def __init__(self, in_features: int, widths: Sequence[int], bias: bool = True, dtype=None):
         super().__init__(in_features, sum(widths), bias=bias, dtype=dtype)
         self.widths = tuple(widths)
 
-    def forward(self, input):
-        if input.ndim > 1 and input.shape[-2] != 1:
-            return per_block(self, input)
-        key = (tuple(input.shape), input.dtype, self.in_features, self.widths, use_pyboost())
+    def prepare_kernels(self, dtype, batch_size: int) -> None:
+        super().prepare_kernels(dtype, batch_size)
+        key = self._fusion_key(batch_size, dtype)
         if key not in _FUSION_EXACT:
-            _FUSION_EXACT[key] = self._fusion_is_exact(input.shape, input.dtype)
-        return super().forward(input) if _FUSION_EXACT[key] else per_block(self, input)
+            _FUSION_EXACT[key] = self._fusion_is_exact(batch_size, dtype)
 
-    def _fusion_is_exact(self, shape, dtype) -> bool:
+    def forward(self, input):
+        rows = input.size // self.in_features
+        if _FUSION_EXACT.get(self._fusion_key(rows, input.dtype), False):
+            return super().forward(input)
+        return per_block(self, input)
+
+    def _fusion_key(self, rows, dtype):
+        return (rows, dtype, self.in_features, self.widths, use_pyboost())
+
+    def _fusion_is_exact(self, rows, dtype) -> bool:
         trial = FusedLinear(self.in_features, self.widths, bias=self.bias is not None).to(dtype)
+        Linear.prepare_kernels(trial, dtype, rows)
         same = []
         for _ in range(FUSION_PROBES):
-            probe = ops.randn(*shape).to(dtype)
+            probe = ops.randn(rows, self.in_features).to(dtype)
             same.append(ops.equal(Linear.forward(trial, probe), per_block(trial, probe)).all())
         return bool(ops.stack(same).all())
 

@@ -4,7 +4,7 @@ from mindspore import mint
 from mindnlp.configs import use_pyboost
 from mindnlp.core import nn, ops
 
-from ..device import choose
+from .. import device
 
 KERNELS = ("composite", "stock_fused", "checked")
 
@@ -35,8 +35,8 @@ class RMSNorm(nn.Module):
       "composite"   stock's fp32 composite on every device (Qwen2-MoE, Qwen2-VL, deepseek stock).
       "stock_fused" the fused kernel wherever mindnlp takes its pyboost path, the composite elsewhere:
                     exactly what stock LlamaRMSNorm does in inference, so Llama keeps stock numerics.
-      "checked"     the fused kernel on Ascend only if it proves bit-identical to the composite on
-                    this device (device.choose with zero tolerance), else the composite.
+      "checked"     the fused kernel on Ascend only if `prepare_kernels` found it bit-identical to the
+                    composite on this device (device.choose), else the composite.
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, kernel: str = "composite"):
@@ -46,15 +46,11 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(ops.ones(hidden_size))
         self.variance_epsilon = eps
         self.kernel = kernel
+        self._checked = {}  # dtype -> the kernel "checked" settled on
 
-    def forward(self, hidden_states):
-        return self._impl(hidden_states.dtype)(hidden_states, self.weight, self.variance_epsilon)
-
-    def _impl(self, dtype):
-        if self.kernel == "composite":
-            return rms_norm_composite
-        if self.kernel == "stock_fused":
-            return rms_norm_fused if use_pyboost() else rms_norm_composite
+    def prepare_kernels(self, dtype, batch_size: int) -> None:
+        if self.kernel != "checked" or dtype in self._checked:
+            return
         size = self.weight.shape[0]
 
         def make_inputs():
@@ -62,7 +58,15 @@ class RMSNorm(nn.Module):
             w = (1.0 + 0.1 * ops.randn(size)).to(dtype)
             return x, w, self.variance_epsilon
 
-        return choose(f"rms_norm/{dtype}/{size}", rms_norm_fused, rms_norm_composite, make_inputs)
+        self._checked[dtype] = device.choose(f"rms_norm/{dtype}/{size}", rms_norm_fused, rms_norm_composite, make_inputs)
+
+    def forward(self, hidden_states):
+        return self._impl(hidden_states.dtype)(hidden_states, self.weight, self.variance_epsilon)
+
+    def _impl(self, dtype):
+        if self.kernel == "stock_fused" and use_pyboost():
+            return rms_norm_fused
+        return self._checked.get(dtype, rms_norm_composite)
 
     def extra_repr(self):
         return f"{tuple(self.weight.shape)}, eps={self.variance_epsilon}, kernel={self.kernel}"

@@ -20,7 +20,7 @@ import mindspore
 from mindspore import Tensor
 from mindnlp.core import nn, ops
 
-from ..device import choose, fused_enabled
+from .. import device
 
 FORMS = ("table", "matmul")
 
@@ -143,34 +143,43 @@ def apply_rotary_fused(x, tables: RotaryTables):
     return mindspore.ops.rotary_position_embedding(x, tables.cos, tables.sin, 0)
 
 
-def apply_rotary(x, tables: RotaryTables):
-    """Rotate x [B, S, N, D] by the tables of RotaryEmbedding.forward.
-
-    Every head is rotated alike, so q and k heads side by side in one x are rotated in one call,
-    each exactly as alone. On Ascend the fused kernel is used only if it matches the composite bit
-    for bit on this device: in bf16 stock rounds after each multiply and after the add, which a
-    fused kernel computing in fp32 would not reproduce. With an identity group (q, k and v
-    together) the kernel rotates the leading groups and the kept group is appended unchanged.
-    """
-    batch, steps, heads, dim = x.shape
-    rotation = tables.rotation.shape
-    if rotation[:2] != (batch, steps) or 2 * rotation[-1] != dim or heads % rotation[2]:
-        raise ValueError(f"rotary tables {tuple(tables.cos.shape)} do not fit x {tuple(x.shape)} "
-                         f"(want tables [B, S, 1, D] for x [B, S, N, D], N a multiple of their head groups)")
-    if not fused_enabled():
-        return apply_rotary_composite(x, tables)
-    dtype, groups = x.dtype, rotation[2]
+def choose_rotary(dtype, heads: int, dim: int, groups: int = 1):
+    """The rotation kernel for x [B, S, heads, dim] in `dtype` with tables of `groups` head groups:
+    on Ascend the fused kernel only if it matches the composite bit for bit on this device (in bf16
+    stock rounds after each multiply and after the add, which a fused kernel computing in fp32
+    would not reproduce), else the composite. Call it before the first forward (a prepare pass).
+    With an identity group (q, k and v together) the kernel rotates the leading groups and the
+    kept group is appended unchanged."""
+    if not device.fused_enabled():
+        return apply_rotary_composite
     rotated_heads = heads - heads // groups if groups > 1 else heads
 
     def make_inputs():
         angles = ops.randn(2, 5, dim)
         return ops.randn(2, 5, rotated_heads, dim).to(dtype), make_tables(angles.cos().to(dtype), angles.sin().to(dtype))
 
-    impl = choose(f"rotary_position_embedding/{dtype}/{rotated_heads}x{dim}",
+    impl = device.choose(f"rotary_position_embedding/{dtype}/{rotated_heads}x{dim}",
                   apply_rotary_fused, apply_rotary_composite, make_inputs)
-    if impl is apply_rotary_composite:
-        return apply_rotary_composite(x, tables)
-    if groups == 1:
-        return apply_rotary_fused(x, tables)
-    # the kernel takes one cos/sin for all heads: rotate the leading groups, append the kept one
-    return ops.cat((apply_rotary_fused(x[:, :, :rotated_heads], tables), x[:, :, rotated_heads:]), dim=2)
+    if impl is apply_rotary_composite or groups == 1:
+        return impl
+
+    def fused_with_kept_group(x, tables):
+        # the kernel takes one cos/sin for all heads: rotate the leading groups, append the kept one
+        return ops.cat((apply_rotary_fused(x[:, :, :rotated_heads], tables), x[:, :, rotated_heads:]), dim=2)
+
+    return fused_with_kept_group
+
+
+def apply_rotary(x, tables: RotaryTables, kernel=apply_rotary_composite):
+    """Rotate x [B, S, N, D] by the tables of RotaryEmbedding.forward with `kernel` (the composite,
+    or what choose_rotary settled on).
+
+    Every head is rotated alike, so q and k heads side by side in one x are rotated in one call,
+    each exactly as alone.
+    """
+    batch, steps, heads, dim = x.shape
+    rotation = tables.rotation.shape
+    if rotation[:2] != (batch, steps) or 2 * rotation[-1] != dim or heads % rotation[2]:
+        raise ValueError(f"rotary tables {tuple(tables.cos.shape)} do not fit x {tuple(x.shape)} "
+                         f"(want tables [B, S, 1, D] for x [B, S, N, D], N a multiple of their head groups)")
+    return kernel(x, tables)
