@@ -1,5 +1,9 @@
-"""Hugging Face checkpoints into stacked experts: from_pretrained, errors, save, memory."""
+"""Hugging Face checkpoints into stacked experts: from_pretrained, errors, warnings, save, memory."""
+import json
+import logging
 import os
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -7,7 +11,7 @@ import mindspore
 from mindspore import Tensor, mint
 
 from mindnlp.core.serialization import safe_load_file, safe_save_file
-from mindnlp.transformers import Qwen2MoeConfig
+from mindnlp.transformers import Qwen2MoeConfig, modeling_utils
 from mindnlp.transformers.modeling_utils import no_init_weights
 from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import (Qwen2MoeForCausalLM,
                                                                     Qwen2MoeSparseMoeBlock)
@@ -16,7 +20,11 @@ from mindnlp.accel.layers.moe import SparseMoe
 from mindnlp.accel.layers.moe_experts import StackedExperts
 from mindnlp.accel.loading import (MissingCheckpointWeightsError, StackedCheckpointMixin,
                                    check_complete, hf_state_dict, unfilled_checkpoint_keys)
+from mindnlp.accel.models.qwen2_moe import Qwen2MoeForCausalLM as AccelQwen2Moe, sparse_moe
 
+import fixtures
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WEIGHTS = "model.safetensors"
 
 
@@ -27,7 +35,7 @@ class QwenMoeWithStackedExperts(StackedCheckpointMixin, Qwen2MoeForCausalLM):
         super().__init__(config)
         for layer in self.model.layers:
             if isinstance(layer.mlp, Qwen2MoeSparseMoeBlock):
-                layer.mlp = SparseMoe.from_qwen2_moe_config(config)
+                layer.mlp = sparse_moe(config)
 
 
 def tiny_config():
@@ -78,14 +86,26 @@ def test_stacked_layout_is_the_transposed_checkpoint(stock_checkpoint):
                                   state[prefix + "down_proj.weight"].asnumpy().T)
 
 
-def _checkpoint_without(src, dst, dropped):
-    state = safe_load_file(os.path.join(src, WEIGHTS))
+def _weights(path):
+    return safe_load_file(os.path.join(path, WEIGHTS))
+
+
+def _checkpoint_copy(src, dst, state, **config):
+    """A checkpoint in `dst`: `src`'s JSON files with `config`'s entries set in config.json, and
+    the tensors `state`."""
     for name in os.listdir(src):
         if name.endswith(".json"):
-            with open(os.path.join(src, name), "rb") as fin, open(os.path.join(dst, name), "wb") as fout:
-                fout.write(fin.read())
-    safe_save_file({k: v for k, v in state.items() if k != dropped},
-                   os.path.join(dst, WEIGHTS), metadata={"format": "np"})
+            shutil.copyfile(os.path.join(src, name), os.path.join(dst, name))
+    with open(os.path.join(dst, "config.json")) as f:
+        settings = json.load(f)
+    with open(os.path.join(dst, "config.json"), "w") as f:
+        json.dump({**settings, **config}, f)
+    safe_save_file(state, os.path.join(dst, WEIGHTS), metadata={"format": "np"})
+    return dst
+
+
+def _checkpoint_without(src, dst, dropped):
+    return _checkpoint_copy(src, dst, {k: v for k, v in _weights(src).items() if k != dropped})
 
 
 # The router and the shared expert's up_proj fill rows of the block's fused input projection; the
@@ -122,6 +142,90 @@ def test_save_writes_hf_names_that_stock_and_ours_reload(stock_checkpoint, tmp_p
                                expected, rtol=0, atol=1e-6)
 
 
+# ---- our Qwen2-MoE on the tiny fixture: every missing weight raises, unused tensors are reported ----
+
+@pytest.fixture(scope="module")
+def fixture_path():
+    return fixtures.ensure("qwen2_moe", "tiny", os.path.join(ROOT, "eval_cache", "fixtures"))
+
+
+@pytest.fixture
+def load_warnings(caplog):
+    """The warnings logged by stock's loader while the test runs (mindnlp's loggers do not
+    propagate to the root logger, where caplog listens)."""
+    logger = logging.getLogger(modeling_utils.__name__)
+    logger.addHandler(caplog.handler)
+    yield lambda: [record.getMessage() for record in caplog.records
+                   if record.name == logger.name and record.levelno == logging.WARNING]
+    logger.removeHandler(caplog.handler)
+
+
+def _weight_warnings(messages):
+    """Stock's warnings about missing ("Some weights of X were not initialized") and unexpected
+    ("Some weights of the model checkpoint ... were not used") weights."""
+    return [message for message in messages if message.startswith("Some weights of")]
+
+
+@pytest.mark.parametrize("dropped", ["model.layers.1.self_attn.o_proj.weight",
+                                     "model.layers.0.post_attention_layernorm.weight",
+                                     "lm_head.weight"])
+def test_missing_plain_weight_is_an_error(fixture_path, tmp_path, dropped):
+    _checkpoint_without(fixture_path, str(tmp_path), dropped)
+    with pytest.raises(MissingCheckpointWeightsError, match=re.escape(dropped)):
+        AccelQwen2Moe.from_pretrained(str(tmp_path))
+
+
+# Tensors no parameter or slot takes; the last two end like names that slots do take.
+EXTRA = {"model.layers.0.mlp.experts.0.extra.weight": (4, 64),
+         "model.layers.0.self_attn.q_proj.lora.weight": (8, 64),
+         "model.layers.0.mlp.experts.0.lora.up_proj.weight": (8, 64),
+         "model.layers.1.mlp.gate_proj.weight": (8, 64)}
+
+
+def test_unused_checkpoint_tensors_are_reported_as_stock_reports_them(fixture_path, tmp_path, load_warnings):
+    extra = {name: Tensor(np.ones(shape, np.float32)) for name, shape in EXTRA.items()}
+    path = _checkpoint_copy(fixture_path, str(tmp_path), {**_weights(fixture_path), **extra})
+    AccelQwen2Moe.from_pretrained(path)
+    ours = _weight_warnings(load_warnings())
+    assert len(ours) == 1
+    assert ours[0].startswith(f"Some weights of the model checkpoint at {path} were not used when "
+                              f"initializing Qwen2MoeForCausalLM: {sorted(EXTRA)}\n")
+    Qwen2MoeForCausalLM.from_pretrained(path)  # stock logs the same warning
+    assert _weight_warnings(load_warnings()) == ours * 2
+
+
+def test_complete_checkpoint_logs_no_missing_or_unused_weights(fixture_path, load_warnings):
+    AccelQwen2Moe.from_pretrained(fixture_path)
+    assert _weight_warnings(load_warnings()) == []
+
+
+def _weights_but_lm_head(fixture_path, strip=""):
+    """The fixture's tensors but lm_head.weight, `strip` cut from the front of their names."""
+    return {name[len(strip):]: tensor for name, tensor in _weights(fixture_path).items()
+            if name != "lm_head.weight"}
+
+
+def test_tied_lm_head_is_not_missing(fixture_path, tmp_path, load_warnings):
+    path = _checkpoint_copy(fixture_path, str(tmp_path), _weights_but_lm_head(fixture_path),
+                            tie_word_embeddings=True)
+    model = AccelQwen2Moe.from_pretrained(path)
+    assert _weight_warnings(load_warnings()) == []
+    np.testing.assert_array_equal(model.lm_head.weight.float().asnumpy(),
+                                  model.model.embed_tokens.weight.float().asnumpy())
+
+
+def test_checkpoint_of_the_base_model_loads(fixture_path, tmp_path, load_warnings):
+    """Names without the `model.` prefix, as a saved Qwen2MoeModel has them (stock loads those into
+    the base model)."""
+    state = _weights_but_lm_head(fixture_path, strip="model.")
+    path = _checkpoint_copy(fixture_path, str(tmp_path), state, tie_word_embeddings=True)
+    model = AccelQwen2Moe.from_pretrained(path)
+    assert _weight_warnings(load_warnings()) == []
+    expected = _weights(fixture_path)["model.layers.1.self_attn.q_proj.weight"].float().asnumpy()
+    q_rows = model.model.layers[1].self_attn.qkv_proj.weight.float().asnumpy()[:expected.shape[0]]
+    np.testing.assert_array_equal(q_rows, expected)
+
+
 # ---- module level: load_state_dict ----
 
 def block_state(seed=0):
@@ -133,7 +237,7 @@ def block_state(seed=0):
 def test_load_state_dict_with_a_missing_slot_reports_its_name():
     state = dict(block_state())
     del state["experts.3.gate_proj.weight"]
-    block = SparseMoe.from_qwen2_moe_config(tiny_config())
+    block = sparse_moe(tiny_config())
     with pytest.raises(RuntimeError, match=r"Missing key\(s\).*experts\.3\.gate_proj\.weight"):
         block.load_state_dict(state)
     with pytest.raises(MissingCheckpointWeightsError, match=r"experts\.3\.gate_proj\.weight"):
@@ -141,7 +245,7 @@ def test_load_state_dict_with_a_missing_slot_reports_its_name():
 
 
 def test_load_state_dict_rejects_wrong_shape_and_unknown_expert():
-    block = SparseMoe.from_qwen2_moe_config(tiny_config())
+    block = sparse_moe(tiny_config())
     state = dict(block_state())
     state["experts.2.down_proj.weight"] = Tensor(np.zeros((16, 32), np.float32))
     with pytest.raises(RuntimeError, match=r"size mismatch for experts\.2\.down_proj\.weight"):
@@ -153,11 +257,11 @@ def test_load_state_dict_rejects_wrong_shape_and_unknown_expert():
 
 
 def test_own_state_dict_round_trips():
-    source = SparseMoe.from_qwen2_moe_config(tiny_config())
+    source = sparse_moe(tiny_config())
     source.load_state_dict(block_state())
     names = set(source.state_dict())
     assert {"experts.gate_up_weight", "experts.down_weight", "input_proj.weight", "shared_expert.down_proj.weight"} <= names
-    copy = SparseMoe.from_qwen2_moe_config(tiny_config())
+    copy = sparse_moe(tiny_config())
     copy.load_state_dict(source.state_dict())
     check_complete(copy)
     assert set(hf_state_dict(copy)) == set(block_state())

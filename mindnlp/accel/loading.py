@@ -10,7 +10,8 @@ Each checkpoint tensor is copied into its slice of the preallocated parameter as
 arrives and then dropped, so a load never holds a second copy of the weights.
 A module built this way subclasses `SlotLoadedModule` and lists its `checkpoint_slots`;
 a PreTrainedModel that contains such modules adds `StackedCheckpointMixin`, which makes
-a missing slot an error and saves in Hugging Face names again.
+any missing weight an error, lets stock report checkpoint tensors nothing uses, and saves
+in Hugging Face names again.
 """
 import functools
 import re
@@ -67,7 +68,6 @@ EXPERT_SLOTS = (
     CheckpointSlot(_EXPERT_FIELD + ".up_proj.weight", "gate_up_weight", block=1, blocks=2),
     CheckpointSlot(_EXPERT_FIELD + ".down_proj.weight", "down_weight"),
 )
-QKV_PARAMS = ("qkv_proj.weight", "qkv_proj.bias")
 GATE_UP_PARAM = "gate_up_proj.weight"
 INPUT_PROJ_PARAM = "input_proj.weight"
 
@@ -96,7 +96,7 @@ def gate_up_slots(rows: int) -> Tuple[CheckpointSlot, ...]:
 
 
 class MissingCheckpointWeightsError(RuntimeError):
-    """The checkpoint lacked tensors that a stacked or fused parameter needs."""
+    """The checkpoint lacked tensors that the model's parameters need."""
 
 
 class SlotLoadedModule(nn.Module):
@@ -200,23 +200,48 @@ def _report_unfilled_slots(module: SlotLoadedModule, incompatible_keys) -> None:
     missing.extend(module.unfilled_slot_keys(prefix))
 
 
+def _slot_modules(model: nn.Module) -> Dict[str, SlotLoadedModule]:
+    """The slot-loaded modules of `model` by the prefix of their names ("" for `model` itself)."""
+    return {f"{name}." if name else "": module for name, module in model.named_modules()
+            if isinstance(module, SlotLoadedModule)}
+
+
+def _slot_params(model: nn.Module) -> List[str]:
+    """Names of `model`'s parameters that slots fill."""
+    return [prefix + slot.param for prefix, module in _slot_modules(model).items()
+            for slot in module.checkpoint_slots]
+
+
 def unfilled_checkpoint_keys(model: nn.Module) -> List[str]:
     """Every checkpoint name that some slot-loaded module of `model` still waits for."""
-    missing = []
-    for name, module in model.named_modules():
-        if isinstance(module, SlotLoadedModule):
-            missing.extend(module.unfilled_slot_keys(f"{name}." if name else ""))
-    return missing
+    return [key for prefix, module in _slot_modules(model).items()
+            for key in module.unfilled_slot_keys(prefix)]
 
 
-def check_complete(model: nn.Module) -> None:
-    """Raise if any stacked or fused parameter of `model` was not fully loaded."""
-    missing = unfilled_checkpoint_keys(model)
+def check_complete(model: nn.Module, missing_keys: Sequence[str] = ()) -> None:
+    """Raise naming `missing_keys` (weights a load found missing) and every slot of `model` not loaded."""
+    missing = list(missing_keys) + unfilled_checkpoint_keys(model)
     if missing:
         shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
         raise MissingCheckpointWeightsError(
-            f"{type(model).__name__}: the checkpoint lacks {len(missing)} weight(s) needed by stacked "
-            f"layers: {shown}")
+            f"{type(model).__name__}: the checkpoint lacks {len(missing)} weight(s): {shown}")
+
+
+def model_keys_of_checkpoint(model: nn.Module, checkpoint_keys: Sequence[str]) -> List[str]:
+    """`checkpoint_keys` in `model`'s own names, each once: a name that a slot of `model` consumes
+    becomes the name of the parameter that slot fills; any other name stays as it is."""
+    modules = _slot_modules(model)
+    names = {}
+    for key in checkpoint_keys:
+        parts = key.split(".")
+        for depth in range(len(parts)):
+            prefix = ".".join(parts[:depth]) + "." if depth else ""
+            found = modules[prefix]._match_slot(key[len(prefix):]) if prefix in modules else None
+            if found is not None:
+                key = prefix + found[0].param
+                break
+        names[key] = None
+    return list(names)
 
 
 def hf_state_dict(model: nn.Module) -> Dict[str, mindspore.Tensor]:
@@ -224,41 +249,40 @@ def hf_state_dict(model: nn.Module) -> Dict[str, mindspore.Tensor]:
 
     The cut tensors are copies, so a save holds the expert weights twice; loads never do.
     """
-    slot_modules = {f"{name}." if name else "": module for name, module in model.named_modules()
-                    if isinstance(module, SlotLoadedModule)}
-    slot_params = {prefix + slot.param for prefix, module in slot_modules.items()
-                   for slot in module.checkpoint_slots}
+    slot_params = set(_slot_params(model))
     state = {key: tensor for key, tensor in model.state_dict().items() if key not in slot_params}
-    for prefix, module in slot_modules.items():
+    for prefix, module in _slot_modules(model).items():
         state.update(module.checkpoint_tensors(prefix))
     return state
-
-
-def _slot_param_pattern() -> str:
-    params = sorted({slot.param for slot in EXPERT_SLOTS} | set(QKV_PARAMS) | {GATE_UP_PARAM, INPUT_PROJ_PARAM})
-    return r"\.(" + "|".join(re.escape(p) for p in params) + r")$"
 
 
 class StackedCheckpointMixin:
     """For a PreTrainedModel built from slot-loaded layers (put it before the model base class).
 
-    Stock loading compares checkpoint names with `state_dict()` names; slot-loaded layers
-    consume the Hugging Face names themselves, so that comparison is silenced for them and
-    replaced by `check_complete`, which raises on anything missing.
+    Stock loading compares checkpoint names with `state_dict()` names and only warns about the
+    differences. It is given the checkpoint's names as `model_keys_of_checkpoint` translates
+    them, so its unexpected keys (and its warning about them) are the tensors that neither a
+    parameter nor a slot consumes; what it finds missing, together with every slot left
+    unfilled, raises MissingCheckpointWeightsError (stock's own rules keep tied weights and
+    non-persistent buffers out of that list).
     """
 
-    _keys_to_ignore_on_load_missing = [_slot_param_pattern()]
-    _keys_to_ignore_on_load_unexpected = [r"\.(gate|up|down)_proj\.weight$", r"\.(q|k|v)_proj\.(weight|bias)$",
-                                          r"\.mlp\.(gate|shared_expert_gate)\.weight$"]
-
     @classmethod
-    def _load_pretrained_model(cls, model, *args, **kwargs):
+    def _load_pretrained_model(cls, model, state_dict, loaded_keys, *args, **kwargs):
         if kwargs.get("low_cpu_mem_usage") or kwargs.get("device_map") is not None:
             # that loader assigns only names found in state_dict(), which would skip every slot
             raise ValueError(f"{cls.__name__} loads stacked expert weights without "
                              "low_cpu_mem_usage or device_map; leave both unset")
-        result = super()._load_pretrained_model(model, *args, **kwargs)
-        check_complete(model)
+        # Stock loads a checkpoint saved without the base model's prefix into the base model.
+        base = cls.base_model_prefix
+        root = model
+        if base and hasattr(model, base) and not any(key.startswith(base) for key in loaded_keys):
+            root = getattr(model, base)
+        names = model_keys_of_checkpoint(root, loaded_keys)
+        result = super()._load_pretrained_model(model, state_dict, names, *args, **kwargs)
+        missing_keys = result[1]  # stock returns (model, missing_keys, unexpected_keys, ...)
+        slot_params = set(_slot_params(root))  # missing slot parameters are named by their unfilled slots
+        check_complete(root, [key for key in missing_keys if key not in slot_params])
         return result
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
