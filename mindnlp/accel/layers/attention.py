@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 
 import mindspore
 from mindspore import Tensor
-from mindnlp.core import nn, ops
+from mindnlp.core import ops
 
 from .. import device
 from ..loading import SlotLoadedModule, qkv_slots
