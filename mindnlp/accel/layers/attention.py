@@ -126,7 +126,7 @@ def choose_attention(decode: bool, heads: int, kv_heads: int, dim: int, dtype):
     kernel = attention_decode_fused if decode else attention_prefill_fused
     name = f"{kernel.__name__}/{dtype}/{heads}x{kv_heads}x{dim}"
     return device.choose(name, kernel, attention_eager, lambda: _check_inputs(decode, heads, kv_heads, dim, dtype),
-                  atol=FUSED_ATOL, rtol=FUSED_RTOL)
+                         atol=FUSED_ATOL, rtol=FUSED_RTOL)
 
 
 def _check_inputs(decode: bool, heads: int, kv_heads: int, dim: int, dtype):
@@ -180,7 +180,8 @@ class Attention(SlotLoadedModule):
         head_dim = head_dim or hidden_size // num_heads
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.layer_idx = layer_idx
-        self._kernels = {}  # (dtype, decode) -> attention kernel; dtype -> rotary kernel
+        self._rotary = {}  # dtype -> rotary kernel (prepare_kernels)
+        self._attend = {}  # (dtype, one query step) -> attention kernel (prepare_kernels)
         q_rows, kv_rows = num_heads * head_dim, num_kv_heads * head_dim
         self.checkpoint_slots = qkv_slots(q_rows, kv_rows, qkv_bias)
         # Weight rows [q; k; v], stock's [out, in] layout: each output is the dot product stock's
@@ -195,12 +196,12 @@ class Attention(SlotLoadedModule):
 
     def prepare_kernels(self, dtype, batch_size: int) -> None:
         """Settle the rotary and attention kernels for `dtype` (before the first forward)."""
-        if dtype in self._kernels:
+        if dtype in self._rotary:
             return
         heads, kv_heads, dim = self.num_heads, self.num_kv_heads, self.head_dim
-        self._kernels[dtype] = choose_rotary(dtype, heads + 2 * kv_heads, dim, self.rotated_groups + 1)
+        self._rotary[dtype] = choose_rotary(dtype, heads + 2 * kv_heads, dim, self.rotated_groups + 1)
         for decode in (False, True):
-            self._kernels[dtype, decode] = choose_attention(decode, heads, kv_heads, dim, dtype)
+            self._attend[dtype, decode] = choose_attention(decode, heads, kv_heads, dim, dtype)
 
     def forward(self, hidden_states, rope: RotaryTables, mask: Optional[AttentionMask], cache=None, cache_write=None,
                 kv_len: Optional[int] = None):
@@ -213,7 +214,7 @@ class Attention(SlotLoadedModule):
         # transpose gives stock's q and k exactly, and leaves k and v adjacent for one cache write.
         dtype = hidden_states.dtype
         qkv = self.qkv_proj(hidden_states).reshape(batch, steps, heads + 2 * kv_heads, dim)
-        qkv = apply_rotary(qkv, rope, self._kernels.get(dtype, apply_rotary_composite))
+        qkv = apply_rotary(qkv, rope, self._rotary.get(dtype, apply_rotary_composite))
         qkv = heads_first(qkv)
         q, keys_values = qkv[:, :heads], qkv[:, heads:]  # [B, N, S, D], [B, 2 KV, S, D]
         if cache is None:
@@ -223,5 +224,5 @@ class Attention(SlotLoadedModule):
                 raise ValueError("Attention with a cache needs cache_write (cache.prepare(slots))")
             cache.write(self.layer_idx, cache_write, keys_values)
             k, v = cache.read(self.layer_idx, kv_len)
-        out = attend(q, k, v, mask, self._kernels.get((dtype, steps == 1), attention_eager))
+        out = attend(q, k, v, mask, self._attend.get((dtype, steps == 1), attention_eager))
         return self.o_proj(heads_first(out).reshape(batch, steps, heads * dim))
