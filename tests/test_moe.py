@@ -10,6 +10,7 @@ from mindspore import Tensor
 from mindnlp.transformers import Qwen2MoeConfig
 from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeMLP, Qwen2MoeSparseMoeBlock
 
+from greedy_checks import assert_moe_prefill_matches, matmul_rows_depend_on_count
 from mindnlp.accel.layers import moe as moe_module
 from mindnlp.accel.layers.moe import SparseMoe
 from mindnlp.accel.layers.moe_experts import (GatedMLP, dense_outputs, gathered_outputs, grouped_mm_twin,
@@ -103,7 +104,7 @@ def test_matches_stock_qwen_block_fp32(tokens, norm_topk_prob):
     expected, _ = stock(x)
     got = ours(x)
     assert got.shape == expected.shape and got.dtype == expected.dtype
-    assert_bits_equal(got.asnumpy(), expected.asnumpy())
+    assert_moe_prefill_matches(got.asnumpy(), expected.asnumpy())
 
 
 @pytest.mark.parametrize("tokens", [1, 17])
@@ -191,9 +192,10 @@ def test_decode_gather_equals_prefill_paths(tokens):
     experts = route(ours.router_logits(x), ours.router, x.dtype).experts
     dense = dense_outputs(ours.experts, x, experts).asnumpy()
     assert dense.shape == (tokens, 4, HIDDEN)
-    assert_bits_equal(gathered_outputs(ours.experts, x, experts).asnumpy(), dense)
+    # one row per expert call (gathered, grouped twin) against all tokens per expert call (dense)
+    assert_moe_prefill_matches(gathered_outputs(ours.experts, x, experts).asnumpy(), dense)
     grouped = grouped_outputs(ours.experts, x, experts, grouped_mm=grouped_mm_twin).asnumpy()
-    assert_bits_equal(grouped, dense)
+    assert_moe_prefill_matches(grouped, dense)
 
 
 @pytest.mark.parametrize("tokens, path", [(1, "gathered"), (3, "dense"), (17, "dense")])
@@ -214,9 +216,13 @@ def test_prefill_uses_dense_twin_off_ascend():
 
 
 def test_grouped_kernel_passes_its_self_check_and_then_serves_prefill(monkeypatch):
-    """The device self-check wiring, run on CPU with the grouped kernel's twin in its place."""
+    """The device self-check wiring, run on CPU with the grouped kernel's twin in its place. Where this
+    CPU rounds a matmul row by the call's row count, the twin (one row per call) is not bit-identical
+    to the dense path it is checked against, so the test admits it within tolerance."""
     grouped_twin = functools.partial(grouped_outputs, grouped_mm=grouped_mm_twin)
     monkeypatch.setattr(moe_module, "grouped_outputs", grouped_twin)
+    if matmul_rows_depend_on_count():
+        monkeypatch.setenv(moe_module.device.INEXACT_ENV, "1")
     monkeypatch.setattr(moe_module.device, "fused_enabled", lambda: True)
     moe_module.device.reset_choices()
     try:
@@ -227,7 +233,7 @@ def test_grouped_kernel_passes_its_self_check_and_then_serves_prefill(monkeypatc
         assert ours._prefill[mindspore.float32] is grouped_twin
     finally:
         moe_module.device.reset_choices()
-    assert_bits_equal(got.asnumpy(), stock(x)[0].asnumpy())
+    assert_moe_prefill_matches(got.asnumpy(), stock(x)[0].asnumpy())
 
 
 @pytest.mark.parametrize("inexact", [False, True])

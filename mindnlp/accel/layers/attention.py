@@ -1,10 +1,13 @@
-"""Causal self-attention for prefill and decode, GQA without repeating K/V, over a static cache.
+"""Causal self-attention for prefill and decode over a static cache; GQA as stock computes it.
 
 Numerics of the default (eager) path are stock's eager attention, op for op: scores = q @ k^T in
 the activation dtype, divided (not multiplied) by sqrt(head_dim) after the matmul, plus an additive
-mask holding 0 or the dtype's min, softmax in fp32, cast back, then @ v. Grouping query heads by
-their KV head ([B, kv_heads, groups * S, D]) only changes which rows share a matmul call, not any
-dot product. The fused Ascend kernels (flash_attention_score for prefill, incre_flash_attention for
+mask holding 0 or the dtype's min, softmax in fp32, cast back, then @ v. With grouped KV heads the
+eager path repeats K and V to every query head, as stock's repeat_kv does, so each matmul has
+stock's shape: grouping the query heads instead ([B, kv_heads, groups * S, D] against unrepeated
+K/V) changes the rows of each matmul, and the CPU kernels sum a dot product in another order when
+the row count is small (one decode step, a short prompt), so it is not bit-identical to stock
+(tests/test_layers_dense.py). The fused Ascend kernels (flash_attention_score for prefill, incre_flash_attention for
 decode) compute the softmax differently, so the self-check never finds them bit-identical: they
 are used only with MINDNLP_ACCEL_INEXACT=1 (device.choose) and after the self-check agrees.
 """
@@ -74,17 +77,23 @@ def attention_eager(q, k, v, mask: Optional[AttentionMask]):
 
     mask None: every key is visible to every query; stock adds a mask of zeros there, which changes
     no score (s + 0 == s), so the add is skipped."""
-    batch, heads, steps, dim = q.shape
-    kv_heads, length = k.shape[1], k.shape[2]
-    groups = heads // kv_heads
-    # Query head n uses KV head n // groups, as repeat_kv arranges it: [B, KV, groups * S, D].
-    scores = batch_matmul(q.reshape(batch, kv_heads, groups * steps, dim), k.swapaxes(2, 3)) / math.sqrt(dim)
-    scores = scores.reshape(batch, kv_heads, groups, steps, length)
+    dim = q.shape[-1]
+    k, v = repeat_kv(k, q.shape[1]), repeat_kv(v, q.shape[1])
+    scores = batch_matmul(q, k.swapaxes(2, 3)) / math.sqrt(dim)
     if mask is not None:
-        scores = scores + mask.additive.unsqueeze(2)
+        scores = scores + mask.additive
     probs = softmax_last(scores, mindspore.float32).to(q.dtype)
-    out = batch_matmul(probs.reshape(batch, kv_heads, groups * steps, length), v)
-    return out.reshape(batch, heads, steps, dim)
+    return batch_matmul(probs, v)
+
+
+def repeat_kv(x, heads: int):
+    """x [B, KV, T, D] with KV head j repeated for query heads j * groups ... (j + 1) * groups - 1:
+    [B, heads, T, D], as stock's repeat_kv (x itself when KV == heads)."""
+    batch, kv_heads, length, dim = x.shape
+    if kv_heads == heads:
+        return x
+    groups = heads // kv_heads
+    return x.unsqueeze(2).broadcast_to((batch, kv_heads, groups, length, dim)).reshape(batch, heads, length, dim)
 
 
 def attention_prefill_fused(q, k, v, mask: AttentionMask):
