@@ -170,7 +170,10 @@ def test_protocol_run_on_tiny_fixture(qwen_moe_tiny, tmp_path):
     result = judge.run_family("qwen2_moe", loaded.model, loaded.processor, max_new_tokens=2)
 
     assert [p["name"] for p in result["prompts"]] == ["hello", "novelist", "summary"]
-    assert result["prefill_s"] > 0 and result["decode_per_token_s"] > 0 and result["warmup_s"] > 0
+    assert result["prefill_s"] > 0 and result["warmup_s"] > 0
+    # the judge's rule; with 2 new tokens the difference of two timings can fall below zero on a busy host
+    decode = [(p["e2e_s"] - p["prefill_s"]) / p["new_tokens"] for p in result["prompts"]]
+    assert result["decode_per_token_s"] == pytest.approx(float(np.mean(decode)))
     assert result["decode_rule"] == "(e2e - prefill) / new_tokens"
     assert result["memory"]["source"] in ("max_memory_reserved", "VmHWM", "ru_maxrss")
     assert result["memory"]["peak_bytes"] > 0

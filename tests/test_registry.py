@@ -33,15 +33,26 @@ def tiny_config(layers=2):
 
 
 @pytest.fixture
-def dummy_llama(monkeypatch):
-    """Registers AccelLlama for model type llama; undoes install() for it afterwards."""
+def llama_entry(monkeypatch):
+    """Lets a test point model type llama at another class (`point_at(accelerated, stock_module)`): our
+    Llama is uninstalled for the test and installed again after it."""
     monkeypatch.setenv("MINDNLP_ACCEL", "1")
-    entry = registry.MODELS["llama"]
-    monkeypatch.setitem(registry.MODELS, "llama",
-                        registry.Entry(entry.stock_module, entry.stock_name, f"{__name__}:AccelLlama"))
+    real = registry.MODELS["llama"]
     registry.uninstall("llama")
-    yield
+
+    def point_at(accelerated, stock_module=real.stock_module):
+        registry.MODELS["llama"] = registry.Entry(stock_module, real.stock_name, accelerated)
+
+    yield point_at
     registry.uninstall("llama")
+    registry.MODELS["llama"] = real
+    registry.install()
+
+
+@pytest.fixture
+def dummy_llama(llama_entry):
+    """Registers AccelLlama for model type llama."""
+    llama_entry(f"{__name__}:AccelLlama")
 
 
 def assert_stock_everywhere():
@@ -88,10 +99,9 @@ def test_from_pretrained_checks_the_saved_config(dummy_llama, tmp_path):
         assert type(AccelLlama.from_pretrained(str(directory))) is expected
 
 
-def test_absent_modules_are_skipped(monkeypatch):
-    monkeypatch.setitem(registry.MODELS, "llama", registry.Entry(
-        "mindnlp.transformers.models.not_there.modeling", "LlamaForCausalLM",
-        "mindnlp.accel.models.not_written_yet:LlamaForCausalLM"))
+def test_absent_modules_are_skipped(llama_entry):
+    llama_entry("mindnlp.accel.models.not_written_yet:LlamaForCausalLM",
+                "mindnlp.transformers.models.not_there.modeling")
     assert registry.accelerated_class("llama") is None
     assert registry.stock_class("llama") is None
     registry.install()
@@ -112,12 +122,15 @@ PROBE = textwrap.dedent("""
     import mindnlp.transformers as transformers
     from mindnlp.accel import registry
 
-    class Accel(registry.StockFallbackMixin, transformers.LlamaForCausalLM):
+    from mindnlp.transformers.models.llama.modeling_llama import LlamaForCausalLM as Stock
+
+    class Accel(registry.StockFallbackMixin, Stock):
         @classmethod
         def supports(cls, config):
             return True, ""
 
     entry = registry.MODELS["llama"]
+    registry.uninstall("llama")  # our Llama, installed on import
     registry.MODELS["llama"] = registry.Entry(entry.stock_module, entry.stock_name, "__main__:Accel")
     registry.install()
     config = transformers.LlamaConfig(vocab_size=32, hidden_size=16, intermediate_size=32, num_hidden_layers=1,

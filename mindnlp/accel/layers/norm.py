@@ -1,7 +1,7 @@
 """RMSNorm with the dtype policy of the stock module it replaces."""
 import mindspore
 from mindspore import mint
-from mindnlp.configs import use_pyboost
+from mindnlp.configs import ON_ORANGE_PI, use_pyboost
 from mindnlp.core import nn, ops
 
 from .. import device
@@ -33,8 +33,9 @@ class RMSNorm(nn.Module):
 
     kernel:
       "composite"   stock's fp32 composite on every device (Qwen2-MoE, Qwen2-VL, deepseek stock).
-      "stock_fused" the fused kernel wherever mindnlp takes its pyboost path, the composite elsewhere:
-                    exactly what stock LlamaRMSNorm does in inference, so Llama keeps stock numerics.
+      "stock_fused" the fused kernel wherever mindnlp takes its pyboost path (except on Orange Pi), the
+                    composite elsewhere: exactly what stock LlamaRMSNorm does in inference, so Llama
+                    keeps stock numerics.
       "checked"     the fused kernel on Ascend only if `prepare_kernels` found it bit-identical to the
                     composite on this device (device.choose), else the composite.
     """
@@ -64,7 +65,7 @@ class RMSNorm(nn.Module):
         return self._impl(hidden_states.dtype)(hidden_states, self.weight, self.variance_epsilon)
 
     def _impl(self, dtype):
-        if self.kernel == "stock_fused" and use_pyboost():
+        if self.kernel == "stock_fused" and use_pyboost() and not ON_ORANGE_PI:
             return rms_norm_fused
         return self._checked.get(dtype, rms_norm_composite)
 
