@@ -385,14 +385,26 @@ def test_attend_rejects_mask_of_wrong_length():
 @pytest.mark.parametrize("steps, kernel", [(9, "attention_prefill_fused"), (1, "attention_decode_fused")])
 def test_fused_attention_falls_back_to_eager_where_kernel_fails(monkeypatch, steps, kernel):
     monkeypatch.setattr(device, "on_ascend", lambda: True)
-    q, k, v = ops.randn(2, 4, steps, 8), ops.randn(2, 2, 9, 8), ops.randn(2, 2, 9, 8)
-    mask = build_attention_mask(tensor(PADDED, mindspore.int32), ops.arange(9 - steps, 9, dtype=mindspore.int32), F32)
+    f16 = mindspore.float16
+    q, k, v = (ops.randn(2, heads, length, 16).to(f16) for heads, length in ((4, steps), (2, 9), (2, 9)))
+    mask = build_attention_mask(tensor(PADDED, mindspore.int32), ops.arange(9 - steps, 9, dtype=mindspore.int32), f16)
     monkeypatch.setenv(device.INEXACT_ENV, "1")
     with pytest.warns(RuntimeWarning, match=kernel):
-        chosen = choose_attention(steps == 1, 4, 2, 8, F32)
+        chosen = choose_attention(steps == 1, 4, 2, 16, f16)
     assert chosen is attention_eager
     got = attend(q, k, v, mask, chosen)
     assert_bits_equal(got, attention_eager(q, k, v, mask))
+
+
+@pytest.mark.parametrize("decode, dim, dtype", [(False, 16, F32), (True, 16, F32), (False, 8, mindspore.float16),
+                                                (False, 528, mindspore.float16)])
+def test_fused_attention_is_not_tried_outside_its_documented_inputs(monkeypatch, recwarn, decode, dim, dtype):
+    """Both kernels take float16/bfloat16 only; flash_attention_score needs head_dim % 16 == 0, <= 512."""
+    monkeypatch.setattr(device, "on_ascend", lambda: True)
+    device.reset_choices()
+    assert choose_attention(decode, 4, 2, dim, dtype) is attention_eager
+    assert not [w for w in recwarn if "fused kernel" in str(w.message)]
+    assert device.decisions() == {}
 
 
 # ---------------------------------------------------------------- attention module vs stock
@@ -623,3 +635,12 @@ def test_attention_with_cache_needs_write_index():
 def test_attention_rejects_bad_head_counts():
     with pytest.raises(ValueError, match="multiple"):
         Attention(64, 4, 3)
+
+
+@pytest.mark.parametrize("dtype", [F32, mindspore.float16])
+@pytest.mark.parametrize("value", [math.sqrt(128), math.sqrt(4), 3.0, math.sqrt(2.828125)])
+def test_divide_is_stocks_division_by_a_python_number(dtype, value):
+    from mindnlp.accel.layers.primitives import divide
+
+    x = tensor(np.random.default_rng(4).standard_normal((2, 3, 5, 7)) * 30, dtype)
+    assert_bits_equal(divide(x, value), x / value)

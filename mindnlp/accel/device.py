@@ -17,11 +17,13 @@ from typing import Callable, Dict, Tuple
 
 import numpy as np
 import mindspore
+from mindnlp.configs import ON_ORANGE_PI, use_pyboost
 
 FUSED_ENV = "MINDNLP_ACCEL_FUSED"
 INEXACT_ENV = "MINDNLP_ACCEL_INEXACT"
 
 _chosen: Dict[str, Callable] = {}
+_decisions: Dict[str, str] = {}  # kernel name -> "fused" or why its twin is used
 
 
 def device_target() -> str:
@@ -31,6 +33,18 @@ def device_target() -> str:
 
 def on_ascend() -> bool:
     return device_target() == "Ascend"
+
+
+def pyboost() -> bool:
+    """Whether mindnlp takes its pyboost (mint) path, as it does on Ascend. Our layers ask here, not
+    mindnlp.configs, before calling the op stock calls on that path, so that one query decides."""
+    return use_pyboost()
+
+
+def stock_fused_rms_norm() -> bool:
+    """Whether stock's LlamaRMSNorm uses the fused RmsNorm in inference: on the pyboost path, except
+    on Orange Pi (mindnlp.configs.ON_ORANGE_PI)."""
+    return pyboost() and not ON_ORANGE_PI
 
 
 def fused_enabled() -> bool:
@@ -70,11 +84,18 @@ def choose(name: str, fused_fn: Callable, twin_fn: Callable, make_inputs: Callab
         problem = f"raised {type(err).__name__}: {err}"
     if problem is None:
         _chosen[name] = fused_fn
+        _decisions[name] = "fused"
     else:
         warnings.warn(f"mindnlp.accel: fused kernel {name!r} {problem}; using its portable twin",
                       RuntimeWarning, stacklevel=2)
         _chosen[name] = twin_fn
+        _decisions[name] = f"twin: {problem}"
     return _chosen[name]
+
+
+def decisions() -> Dict[str, str]:
+    """Every self-checked kernel of this process: name -> "fused", or "twin: <why>"."""
+    return dict(_decisions)
 
 
 def prepare_kernels(module, dtype, batch_size: int) -> None:
@@ -88,6 +109,7 @@ def prepare_kernels(module, dtype, batch_size: int) -> None:
 def reset_choices() -> None:
     """Forget every decision, so the next `choose` checks again (tests, or after a device change)."""
     _chosen.clear()
+    _decisions.clear()
 
 
 def _as_arrays(out) -> Tuple[np.ndarray, ...]:

@@ -9,10 +9,10 @@ pyboost path (Ascend) we call F.linear, the kernel stock calls, so numerics ther
 """
 from typing import Dict, Sequence
 
-from mindnlp.configs import use_pyboost
 from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
 
+from .. import device
 from .primitives import matmul_2d
 
 
@@ -34,12 +34,12 @@ class Linear(nn.Linear):
 
     def prepare_kernels(self, dtype, batch_size: int) -> None:
         """Make the transposed copy for the CPU path (nothing where mindnlp takes its pyboost path)."""
-        if not use_pyboost() and self._weight_t_source is not self.weight:
+        if not device.pyboost() and self._weight_t_source is not self.weight:
             self._weight_t = self.weight.swapaxes(0, 1).contiguous()
             self._weight_t_source = self.weight
 
     def forward(self, input):
-        if use_pyboost() or self._weight_t_source is not self.weight:
+        if device.pyboost() or self._weight_t_source is not self.weight:
             return F.linear(input, self.weight, self.bias)
         out = matmul_2d(input.reshape(-1, self.in_features), self._weight_t)
         if self.bias is not None:
@@ -97,7 +97,7 @@ class FusedLinear(Linear):
         return per_block(self, input)
 
     def _fusion_key(self, rows, dtype):
-        return (rows, dtype, self.in_features, self.widths, use_pyboost())
+        return (rows, dtype, self.in_features, self.widths, device.pyboost())
 
     def _fusion_is_exact(self, rows, dtype) -> bool:
         trial = FusedLinear(self.in_features, self.widths, bias=self.bias is not None).to(dtype)

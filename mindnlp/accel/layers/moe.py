@@ -136,8 +136,10 @@ def choose_prefill_kernel(dtype):
                          lambda: _check_inputs(dtype), atol=tol, rtol=tol)
 
 
-def _check_inputs(dtype, num_experts=4, tokens=8, hidden=32, intermediate=16):
-    """A small expert stack and 8 tokens routed to 2 distinct experts each."""
+def _check_inputs(dtype, num_experts=5, tokens=8, hidden=32, intermediate=16):
+    """A small expert stack and 8 tokens routed to 2 distinct experts each, experts 0 to 3: expert 4
+    gets no token, as some expert does in most prefills, so a kernel that refuses an empty group
+    fails here rather than in a prefill."""
     experts = StackedExperts(num_experts, hidden, intermediate, dtype=dtype)
     normal = msops.StandardNormal(seed=7)
     experts.gate_up_weight.assign_value((normal(experts.gate_up_weight.shape) * hidden ** -0.5).to(dtype))

@@ -1,7 +1,6 @@
 """RMSNorm with the dtype policy of the stock module it replaces."""
 import mindspore
 from mindspore import mint
-from mindnlp.configs import ON_ORANGE_PI, use_pyboost
 from mindnlp.core import nn, ops
 
 from .. import device
@@ -65,7 +64,7 @@ class RMSNorm(nn.Module):
         return self._impl(hidden_states.dtype)(hidden_states, self.weight, self.variance_epsilon)
 
     def _impl(self, dtype):
-        if self.kernel == "stock_fused" and use_pyboost() and not ON_ORANGE_PI:
+        if self.kernel == "stock_fused" and device.stock_fused_rms_norm():
             return rms_norm_fused
         return self._checked.get(dtype, rms_norm_composite)
 

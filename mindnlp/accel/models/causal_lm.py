@@ -134,6 +134,8 @@ class DecoderForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedCheck
             position_ids = query_slots.reshape(1, steps).broadcast_to((batch, steps))
         mask = decoder_mask(attention_mask, batch, query_slots, cache.max_len if cache is not None else steps,
                             kv_len, hidden.dtype)
+        if mask is not None and steps > 1 and not device.pyboost():
+            mask = mask.per_head(self.decoder_spec.num_heads)  # see AttentionMask.per_head
         hidden = self.model(hidden, position_ids, mask, cache, cache_position, kv_len)
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
