@@ -2,10 +2,16 @@
 # The main job: set up, apply patches/ to a fresh copy of the base (as a user does), then evaluate
 # stock against ours with the judge's protocol and write eval_output/report.md.
 #   bash test.sh [eval/run.py options, e.g. --families qwen2_moe --max-new-tokens 20]
+#   bash test.sh --device-check [eval/device_check.py options]   (on a machine with an Ascend 910B)
 # Families whose weights download.sh laid under llm/ run on them; the others on generated fixtures.
 set -euo pipefail
 cd "$(dirname "$0")"
 bash init.sh
 tree=.build/eval-tree
 python3 scripts/series.py apply "$tree"
-PYTHONPATH="$PWD/$tree${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python eval/run.py "$@"
+script=eval/run.py
+if [[ "${1:-}" == "--device-check" ]]; then
+    script=eval/device_check.py
+    shift
+fi
+PYTHONPATH="$PWD/$tree${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python "$script" "$@"

@@ -12,6 +12,9 @@ Both counts come from instrumenting the process, not from estimates:
 * Host syncs are counted by wrapping every Tensor method that reads device data on the host
   (asnumpy, item, tolist, bool/int/float/index conversion, __array__, printing), each with
   the first caller outside mindspore and mindnlp's op shim, so offenders read as model lines.
+  Code that stands in for one kernel (the "as on Ascend" mode's fused-kernel stand-ins) runs
+  inside `as_one_launch(name)`: its own launches and host reads are dropped and it counts as
+  one launch of `name`.
   Launches of ops whose output shape depends on the data (NonZero, MaskedSelect, Unique...)
   are syncs too, since the host must wait for the kernel to learn the shape. Not seen: values
   MindSpore's C++ reads by itself, e.g. a Tensor used as a slice bound or a reshape size.
@@ -81,6 +84,11 @@ class Counts:
     """Per-step counts; step 0 is the prefill, every later step one decode token."""
 
     steps: list
+
+    def without(self, *op_names):
+        """These counts with the launches of `op_names` left out."""
+        return Counts([dataclasses.replace(step, ops=collections.Counter(
+            {name: n for name, n in step.ops.items() if name not in op_names})) for step in self.steps])
 
     @property
     def prefill_ops(self):
@@ -213,6 +221,23 @@ def _data_dependent_primitives():
     return list(found.values())
 
 
+_active_regions = []  # the regions being counted, innermost last
+
+
+@contextlib.contextmanager
+def as_one_launch(name):
+    """Count the code inside as one launch of `name` in every active region (nothing outside one)."""
+    if not _active_regions:
+        yield
+        return
+    start = time.time_ns()
+    try:
+        yield
+    finally:
+        for region in _active_regions:
+            region._one_launch_windows.append((start, time.time_ns(), name))
+
+
 class Region:
     """Live counting state; use through `count_region()`."""
 
@@ -222,6 +247,7 @@ class Region:
         self._syncs = []  # (time ns, site)
         self._dd_calls = []  # (time ns, op name, site) of data-dependent primitive calls
         self._jit_windows = []  # (start ns, end ns, function name)
+        self._one_launch_windows = []  # (start ns, end ns, kernel name) of as_one_launch
         self._depth = 0  # inside a counted sync method
         self._jit_depth = 0
 
@@ -286,7 +312,12 @@ class Region:
         i = bisect.bisect_right(starts, stamp) - 1
         return i >= 0 and stamp <= self._jit_windows[i][1]
 
+    def _in_one_launch_window(self, stamp):
+        return any(start <= stamp <= end for start, end, _ in self._one_launch_windows)
+
     def _build(self, launches):
+        launches = [(stamp, name) for stamp, name in launches if not self._in_one_launch_window(stamp)]
+        self._syncs = [(stamp, site) for stamp, site in self._syncs if not self._in_one_launch_window(stamp)]
         steps = [StepCounts() for _ in range(len(self.marks) + 1)]
         dd_sites = collections.defaultdict(list)  # (step, op name) -> sites in call order
         for stamp, name, site in self._dd_calls:
@@ -310,6 +341,8 @@ class Region:
                 step.syncs[f"{site} [{name} shape]"] += 1
         for start, _, name in self._jit_windows:
             steps[self._step_of(start)].ops[f"jit:{name}"] += 1
+        for start, _, name in self._one_launch_windows:
+            steps[self._step_of(start)].ops[name] += 1
         for stamp, site in self._syncs:
             steps[self._step_of(stamp)].syncs[site] += 1
         return Counts(steps)
@@ -373,8 +406,10 @@ def count_region():
         profiler.start()
         try:
             region._install(patches)
+            _active_regions.append(region)
             yield region
         finally:
+            _active_regions.remove(region)
             patches.restore()
             profiler.stop()
             ProfilerInterface.finalize()

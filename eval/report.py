@@ -18,6 +18,8 @@ A result is a dict:
     pass_check          str    summary of the greedy-output check, e.g. "3/3 prompts match stock"
     predicted_prefill_s float  cost-model prediction of the Ascend prefill
     predicted_decode_s  float  cost-model prediction of the Ascend decode token
+    ascend_prefill_ops  float  launches of the prefill on the Ascend path (ours, ascend_mode; no Cast)
+    ascend_decode_ops   float  launches per decode token on the Ascend path (ours, ascend_mode; no Cast)
 
 Every ratio is stock / ours, so above 1 means ours is better, as in the judge's scores.
 """
@@ -42,6 +44,8 @@ METRICS = (
     ("prefill_syncs", "syncs per prefill", "{:.0f}"),
     ("decode_ops", "ops per decode token", "{:.1f}"),
     ("decode_syncs", "syncs per decode token", "{:.1f}"),
+    ("ascend_prefill_ops", "ops per prefill, Ascend path (as-on-Ascend mode)", "{:.0f}"),
+    ("ascend_decode_ops", "ops per decode token, Ascend path (as-on-Ascend mode)", "{:.1f}"),
     ("cpu_steal_pct", "host CPU steal during the run (%)", "{:.1f}"),
     ("predicted_prefill_s", "Ascend prefill (s), prediction", "{:.4g}"),
     ("predicted_decode_s", "Ascend decode (s/token), prediction", "{:.4g}"),

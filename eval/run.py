@@ -2,13 +2,19 @@
 
     python eval/run.py [--families qwen2_moe,qwen2_vl,llama] [--size topology] [--llm-dir llm]
                        [--model-path FAMILY=DIR ...] [--image cat=PATH --image man=PATH]
-                       [--max-new-tokens 50] [--count-tokens 8] [--out eval_output]
+                       [--max-new-tokens 50] [--count-tokens 8] [--out eval_output] [--as-ascend]
 
 Each (family, variant) runs in its own child process so that peak memory is its own; stock runs
 first and its texts and logits become the target ours must match. A family uses real weights
 when --model-path names them or download.sh laid them under --llm-dir, else its generated
 fixture of --size. Outputs: eval_output/<family>/<variant>.json, target/ and candidate/ logits,
 report.md and charts.
+
+Ours is also counted on its Ascend path: a fresh fp16 copy (the CPU's stand-in for bf16) generates
+in the as-on-Ascend mode (ascend_mode.py), each fused kernel one launch, Casts left out (this CPU
+wraps its fp16 matmuls in Casts the device does not launch); the cost model predicts ours from those
+counts, since on the device the Ascend path is what runs. --as-ascend runs every child wholly in that
+mode (for testing the device check's flow here).
 """
 import argparse
 import json
@@ -65,6 +71,17 @@ def run_child(args):
     if args.variant == "ours" and not os.path.isdir(os.path.join(os.path.dirname(mindnlp.__file__), "accel")):
         raise SystemExit(f"mindnlp at {os.path.dirname(mindnlp.__file__)} is not patched (no mindnlp/accel): "
                          "put the patched tree first on PYTHONPATH, as test.sh does")
+    if args.as_ascend:
+        from ascend_mode import AscendMode
+
+        with AscendMode() as mode:
+            _measure(args, counters, judge, passcheck)
+        mode.assert_no_refusals()
+    else:
+        _measure(args, counters, judge, passcheck)
+
+
+def _measure(args, counters, judge, passcheck):
     loaded = judge.load(args.family, args.path, args.variant)
     images = dict(args.images) or None
     run = judge.run_family(args.family, loaded.model, loaded.processor, args.max_new_tokens, images)
@@ -72,15 +89,39 @@ def run_child(args):
     inputs = judge.prepare_inputs(args.family, loaded.model, loaded.processor, case)
     counts = counters.count_generate(loaded.model, dict(inputs, **judge.GENERATE_KWARGS,
                                                          max_new_tokens=args.count_tokens))
+    kernel_decisions = {}
+    if args.variant == "ours" and not loaded.ours_is_stock:
+        from mindnlp.accel import device
+
+        kernel_decisions = device.decisions()  # every fused kernel's self-check in this process
+    ascend_counts = None
+    if args.variant == "ours" and not loaded.ours_is_stock and not args.as_ascend:
+        ascend_counts = count_on_ascend_path(args, counters, judge, case)
     out_dir = os.path.join(args.out, args.family)
     passcheck.save_target(run, os.path.join(out_dir, "target" if args.variant == "stock" else "candidate"))
     summary = {key: run[key] for key in ("family", "model_class", "max_new_tokens", "decode_rule",
                                          "warmup_s", "prefill_s", "decode_per_token_s", "memory")}
     summary.update(variant=args.variant, path=args.path, load_s=loaded.load_s,
-                   ours_is_stock=loaded.ours_is_stock, counts=counts.to_dict(),
+                   ours_is_stock=loaded.ours_is_stock, counts=counts.to_dict(), ascend_counts=ascend_counts,
+                   kernel_decisions=kernel_decisions,
                    prompts=[{k: v for k, v in p.items() if k != "logits"} for p in run["prompts"]])
     with open(os.path.join(out_dir, f"{args.variant}.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
+
+
+def count_on_ascend_path(args, counters, judge, case):
+    """Counts (to_dict, Casts left out) of ours generating in the as-on-Ascend mode, in fp16."""
+    import mindspore
+    from ascend_mode import AscendMode
+
+    with AscendMode() as mode:
+        loaded = judge.load(args.family, args.path, "ours", dtype=mindspore.float16)
+        inputs = judge.prepare_inputs(args.family, loaded.model, loaded.processor, case)
+        counts = counters.count_generate(loaded.model, dict(inputs, **judge.GENERATE_KWARGS,
+                                                             max_new_tokens=args.count_tokens))
+        del loaded
+    mode.assert_no_refusals()
+    return counts.without("Cast").to_dict()
 
 
 def cpu_ticks(stat_path="/proc/stat"):
@@ -109,7 +150,7 @@ def steal_share(before, after):
 def spawn(family, variant, path, args):
     command = [sys.executable, os.path.abspath(__file__), "--child", family, variant, path,
                "--out", args.out, "--max-new-tokens", str(args.max_new_tokens),
-               "--count-tokens", str(args.count_tokens)]
+               "--count-tokens", str(args.count_tokens)] + (["--as-ascend"] if args.as_ascend else [])
     for name, image in args.images:
         command += ["--image", f"{name}={image}"]
     started, ticks = time.perf_counter(), cpu_ticks()
@@ -135,6 +176,9 @@ def report_row(result, checks=None):
            "decode_ops": counts["decode_ops"], "decode_syncs": counts["decode_syncs"],
            "cpu_steal_pct": None if result.get("cpu_steal_share") is None else 100 * result["cpu_steal_share"],
            "top": counts.get("top_decode") or counts["top_prefill"]}
+    if result.get("ascend_counts"):
+        row.update(ascend_prefill_ops=result["ascend_counts"]["prefill_ops"],
+                   ascend_decode_ops=result["ascend_counts"]["decode_ops"])
     if checks is not None:
         passed = sum(check.passed for check in checks)
         row["pass_check"] = f"{passed}/{len(checks)} prompts pass" + "".join(
@@ -152,8 +196,10 @@ def add_predictions(rows, stock_counts):
     except ValueError as err:
         return [f"No Ascend prediction: {err}"]
     for row in rows:
-        counts = {"prefill_ops": row["prefill_ops"], "prefill_syncs": row["prefill_syncs"],
-                  "decode_ops": row["decode_ops"], "decode_syncs": row["decode_syncs"]}
+        # ours on its Ascend path where it was counted there (the syncs are the same on both paths)
+        counts = {"prefill_ops": row.get("ascend_prefill_ops", row["prefill_ops"]),
+                  "prefill_syncs": row["prefill_syncs"],
+                  "decode_ops": row.get("ascend_decode_ops", row["decode_ops"]), "decode_syncs": row["decode_syncs"]}
         row["predicted_prefill_s"] = costmodel.predict(fit, counts, row["family"], "prefill")
         row["predicted_decode_s"] = costmodel.predict(fit, counts, row["family"], "decode")
     return fit.describe()
@@ -169,6 +215,8 @@ def main(argv=None):
     parser.add_argument("--max-new-tokens", type=int, default=50)
     parser.add_argument("--count-tokens", type=int, default=8)
     parser.add_argument("--out", default=os.path.join(ROOT, "eval_output"))
+    parser.add_argument("--as-ascend", action="store_true",
+                        help="run every child in the as-on-Ascend mode (tests the device check's flow)")
     parser.add_argument("--child", nargs=3, metavar=("FAMILY", "VARIANT", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.images = [pair_of(item, "--image") for item in args.image]
