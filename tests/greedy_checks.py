@@ -2,14 +2,38 @@
 by our fast path, comparison of two generations (bit for bit, or within a stated bound), launches
 per decoder layer, and a probe of this CPU's matmul."""
 import functools
+import os
 
 import numpy as np
+import pytest
 
 import mindspore
 
 import counters
 
 GREEDY = dict(do_sample=False, return_dict_in_generate=True, output_logits=True)
+FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "eval_cache", "fixtures")
+
+
+def model_fixtures(family, stock_class):
+    """Module-scoped pytest fixtures (fixture_path, stock, ours) over the family's tiny and mixed
+    fixtures: `stock_class` from_pretrained, and whatever AutoModelForCausalLM builds (ours)."""
+    import fixtures
+    from mindnlp.transformers import AutoModelForCausalLM
+
+    @pytest.fixture(scope="module", params=["tiny", "mixed"])
+    def fixture_path(request):
+        return fixtures.ensure(family, request.param, FIXTURES)
+
+    @pytest.fixture(scope="module")
+    def stock(fixture_path):  # pylint: disable=redefined-outer-name
+        return stock_class.from_pretrained(fixture_path).set_train(False)
+
+    @pytest.fixture(scope="module")
+    def ours(fixture_path):  # pylint: disable=redefined-outer-name
+        return AutoModelForCausalLM.from_pretrained(fixture_path).set_train(False)
+
+    return fixture_path, stock, ours
 
 
 def ids_of(*rows):

@@ -5,7 +5,6 @@ Two fixtures: "tiny" (2 layers, MHA as in Janus-Pro) and "mixed" (3 layers, GQA 
 that ignored the KV head count fails here. Every equality test asserts that our class served the call
 on the fast path (stock's generate never ran for it) and compares logits bit for bit.
 """
-import os
 
 import numpy as np
 import pytest
@@ -16,28 +15,14 @@ from mindnlp.transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfi
 from mindnlp.transformers.models.llama import modeling_llama as stock_module
 
 import counters
-import fixtures
 import greedy_checks
 import judge
 from greedy_checks import GREEDY, assert_same_generation, ids_of, launches_per_layer
 from mindnlp.accel.models.llama import LlamaForCausalLM as Ours
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module", params=["tiny", "mixed"])
-def fixture_path(request):
-    return fixtures.ensure("llama", request.param, os.path.join(ROOT, "eval_cache", "fixtures"))
-
-
-@pytest.fixture(scope="module")
-def stock(fixture_path):
-    return stock_module.LlamaForCausalLM.from_pretrained(fixture_path).set_train(False)
-
-
-@pytest.fixture(scope="module")
-def ours(fixture_path):
-    return AutoModelForCausalLM.from_pretrained(fixture_path).set_train(False)
+fixture_path, stock, ours = greedy_checks.model_fixtures("llama", stock_module.LlamaForCausalLM)
 
 
 def fast_generate(model, calls, **kwargs):

@@ -19,32 +19,18 @@ from mindnlp.transformers import AutoModelForCausalLM, AutoTokenizer
 from mindnlp.transformers.models.qwen2_moe import modeling_qwen2_moe as stock_module
 
 import counters
-import fixtures
 import greedy_checks
 import judge
 from greedy_checks import GREEDY, ids_of, launches_per_layer, moe_prefill_bound
 from mindnlp.accel.layers.moe import SparseMoe
 from mindnlp.accel.models.qwen2_moe import Qwen2MoeForCausalLM as Ours, is_sparse_layer
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 def assert_same_generation(a, b, dtype=mindspore.float32):
     greedy_checks.assert_same_generation(a, b, moe_prefill_bound(dtype))
 
 
-@pytest.fixture(scope="module", params=["tiny", "mixed"])
-def fixture_path(request):
-    return fixtures.ensure("qwen2_moe", request.param, os.path.join(ROOT, "eval_cache", "fixtures"))
-
-
-@pytest.fixture(scope="module")
-def stock(fixture_path):
-    return stock_module.Qwen2MoeForCausalLM.from_pretrained(fixture_path).set_train(False)
-
-
-@pytest.fixture(scope="module")
-def ours(fixture_path):
-    return AutoModelForCausalLM.from_pretrained(fixture_path).set_train(False)
+fixture_path, stock, ours = greedy_checks.model_fixtures("qwen2_moe", stock_module.Qwen2MoeForCausalLM)
 
 
 def fast_generate(model, calls, **kwargs):

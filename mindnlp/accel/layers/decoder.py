@@ -46,6 +46,15 @@ class DecoderConfig:
     def head_size(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
 
+    @classmethod
+    def from_hf(cls, config, **fields) -> "DecoderConfig":
+        """The fields every Hugging Face decoder config names alike, then a model's own `fields`."""
+        return cls(vocab_size=config.vocab_size, hidden_size=config.hidden_size,
+                   num_layers=config.num_hidden_layers, num_heads=config.num_attention_heads,
+                   num_kv_heads=config.num_key_value_heads, rms_norm_eps=config.rms_norm_eps,
+                   rope_theta=config.rope_theta, max_positions=config.max_position_embeddings,
+                   pad_token_id=config.pad_token_id, **fields)
+
 
 class DecoderLayer(nn.Module):
     """Pre-norm attention and feed-forward with residuals, in stock's order."""

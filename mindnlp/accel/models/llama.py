@@ -18,13 +18,8 @@ class LlamaForCausalLM(DecoderForCausalLM, LlamaPreTrainedModel):
 
     @classmethod
     def decoder_config(cls, config):
-        return DecoderConfig(
-            vocab_size=config.vocab_size, hidden_size=config.hidden_size, num_layers=config.num_hidden_layers,
-            num_heads=config.num_attention_heads, num_kv_heads=config.num_key_value_heads,
-            rms_norm_eps=config.rms_norm_eps, rope_theta=config.rope_theta,
-            max_positions=config.max_position_embeddings, qkv_bias=config.attention_bias,
-            o_bias=config.attention_bias, rope_form="matmul", norm_kernel="stock_fused",
-            pad_token_id=config.pad_token_id)
+        return DecoderConfig.from_hf(config, qkv_bias=config.attention_bias, o_bias=config.attention_bias,
+                                     rope_form="matmul", norm_kernel="stock_fused")
 
     @classmethod
     def feed_forward(cls, config, index):
