@@ -121,6 +121,7 @@ class LineRecorder:
         self.root = os.path.realpath(root) + os.sep
         self.lines: Dict[str, Set[int]] = {}
         self._previous = None
+        self._paths: Dict[str, str] = {}  # co_filename -> path under root, or "" outside it
 
     def start(self):
         self._previous = sys.gettrace()
@@ -129,16 +130,20 @@ class LineRecorder:
     def stop(self):
         sys.settrace(self._previous)
 
+    def _path(self, filename):
+        if filename not in self._paths:
+            real = os.path.realpath(filename)
+            self._paths[filename] = os.path.relpath(real, self.root) if real.startswith(self.root) else ""
+        return self._paths[filename]
+
     def _global(self, frame, event, arg):
-        filename = frame.f_code.co_filename
-        if event == "call" and os.path.realpath(filename).startswith(self.root):
+        if event == "call" and self._path(frame.f_code.co_filename):
             return self._local
         return None
 
     def _local(self, frame, event, arg):
         if event == "line":
-            path = os.path.relpath(os.path.realpath(frame.f_code.co_filename), self.root)
-            self.lines.setdefault(path, set()).add(frame.f_lineno)
+            self.lines.setdefault(self._path(frame.f_code.co_filename), set()).add(frame.f_lineno)
         return self._local
 
 

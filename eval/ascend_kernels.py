@@ -8,14 +8,19 @@ Each stand-in takes the kernel's own arguments and, before computing anything:
      GroupedMatmulV4's split_item); only its "no kernel on this backend" error is accepted;
   3. checks the constraints the MindSpore 2.6 documentation (the function's docstring in the installed
      package, quoted in each rule) states for it: dtypes, layouts, shapes, head counts, mask meaning.
-A call that breaks a rule raises KernelCallError naming the kernel and the rule. Then the stand-in
-returns what the kernel computes, by portable CPU ops: the kernel's own formula (scale multiplied, mask
-True = discard), which is not always the eager twin's arithmetic, so device.choose's self-check sees a
-realistic difference where the real kernel has one.
+A call that breaks a rule raises KernelCallError naming the kernel and the rule; so does an argument a
+stand-in does not model (it must keep its default). Then the stand-in returns what the kernel computes,
+by portable CPU ops: the kernel's own formula (attention: scale multiplied, softmax in fp32, mask
+True = discard; rms_norm: fp32, rounded once), which is not the eager twin's arithmetic, so
+device.choose's self-check sees a difference where the real kernel has one. The rotary stand-in is the
+exception: it computes stock's formula in x's dtype, so it always matches the composite bit for bit;
+whether the device's kernel does is what its self-check there decides. incre_flash_attention's
+docstring does not say what a True mask element means; flash_attention_score's (1 = discard) is assumed.
 """
 import inspect
-from typing import Callable, Dict, NamedTuple
+from typing import Callable, Dict, NamedTuple, Tuple
 
+import numpy as np
 import mindspore
 from mindspore import ops
 
@@ -41,11 +46,25 @@ class Kernel(NamedTuple):
     name: str
     check: Callable  # (bound arguments) -> None, raising KernelCallError
     compute: Callable  # (bound arguments) -> the kernel's outputs
+    unmodelled: Tuple[str, ...] = ()  # arguments compute ignores: they must keep their defaults
 
 
 def _require(kernel, condition, rule):
     if not condition:
         raise KernelCallError(kernel, rule)
+
+
+def defaults_only(kernel: str, real: Callable, arguments, names) -> None:
+    """The arguments `names` keep the real function's defaults: the stand-in does not model them."""
+    parameters = inspect.signature(real).parameters
+    changed = [name for name in names if not _is_default(arguments[name], parameters[name].default)]
+    _require(kernel, not changed, f"{', '.join(changed)}: not modelled by this stand-in (keep the defaults)")
+
+
+def _is_default(value, default):
+    if value is None or default is None:
+        return value is default
+    return isinstance(value, (int, float, str)) and value == default
 
 
 def bind(kernel: str, real: Callable, args, kwargs) -> Dict[str, object]:
@@ -157,7 +176,8 @@ def _attention(q, k, v, discard, scale):
     k, v = _repeat_heads(k, heads), _repeat_heads(v, heads)
     scores = ops.matmul(q.astype(mindspore.float32), k.astype(mindspore.float32).swapaxes(2, 3)) * scale
     if discard is not None:
-        scores = ops.masked_fill(scores, discard.astype(mindspore.bool_), float("-inf"))
+        # the most negative fp32, not -inf: a query that sees no key (left padding) gets finite values
+        scores = ops.masked_fill(scores, discard.astype(mindspore.bool_), float(np.finfo(np.float32).min))
     probs = ops.softmax(scores, -1)
     return ops.matmul(probs, v.astype(mindspore.float32)).astype(q.dtype)
 
@@ -235,8 +255,8 @@ def _check_grouped_matmul(a):
     _require(k, isinstance(weights, (list, tuple)) and len(weights) == 1 and weights[0].ndim == 3,
              "'The length of weight is 1, tensor in weight must be 3D'")
     x, weight = xs[0], weights[0]
-    # The docstring lists Float16, Float32, Int8; CANN's aclnnGroupedMatmulV4 also takes bfloat16, which the
-    # judge's dtype needs: admitted here, and on the device the kernel's self-check decides.
+    # Its "Parameter limitations 2" table lists float16 and bfloat16 x and weight (float32 too in this
+    # split_item 3 / group_type 0 mode), with an output of the same dtype.
     _require(k, x.dtype in FLOATS and weight.dtype == x.dtype, f"x {x.dtype} and weight {weight.dtype}: one float dtype")
     _require(k, x.shape[1] == weight.shape[1], f"x (M, K) {tuple(x.shape)} against weight (E, K, N) {tuple(weight.shape)}")
     _require(k, groups is not None and groups.dtype == mindspore.int64 and groups.ndim == 1,
@@ -263,7 +283,13 @@ def _grouped_matmul(a):
 KERNELS = (
     Kernel("mindspore.ops", "rms_norm", _check_rms_norm, _rms_norm),
     Kernel("mindspore.ops", "rotary_position_embedding", _check_rotary, _rotary),
-    Kernel("mindspore.ops", "flash_attention_score", _check_flash_attention, _flash_attention),
-    Kernel("mindspore.ops", "incre_flash_attention", _check_incre_flash_attention, _incre_flash_attention),
-    Kernel("mindspore.ops.auto_generate", "grouped_matmul_v4", _check_grouped_matmul, _grouped_matmul),
+    Kernel("mindspore.ops", "flash_attention_score", _check_flash_attention, _flash_attention,
+           ("real_shift", "drop_mask", "padding_mask", "prefix", "actual_seq_qlen", "actual_seq_kvlen", "keep_prob",
+            "pre_tokens", "next_tokens")),
+    Kernel("mindspore.ops", "incre_flash_attention", _check_incre_flash_attention, _incre_flash_attention,
+           ("actual_seq_lengths", "pse_shift", "dequant_scale1", "quant_scale1", "dequant_scale2", "quant_scale2",
+            "quant_offset2", "antiquant_scale", "antiquant_offset", "block_table", "block_size", "kv_padding_size")),
+    Kernel("mindspore.ops.auto_generate", "grouped_matmul_v4", _check_grouped_matmul, _grouped_matmul,
+           ("bias", "scale", "offset", "antiquant_scale", "antiquant_offset", "pre_token_scale", "activation_input",
+            "activation_quant_scale", "activation_quant_offset", "act_type")),
 )

@@ -85,11 +85,6 @@ class Counts:
 
     steps: list
 
-    def without(self, *op_names):
-        """These counts with the launches of `op_names` left out."""
-        return Counts([dataclasses.replace(step, ops=collections.Counter(
-            {name: n for name, n in step.ops.items() if name not in op_names})) for step in self.steps])
-
     @property
     def prefill_ops(self):
         return self.steps[0].n_ops
@@ -309,15 +304,13 @@ class Region:
         return bisect.bisect_right(self.marks, stamp)
 
     def _in_jit_window(self, stamp, starts):
-        i = bisect.bisect_right(starts, stamp) - 1
-        return i >= 0 and stamp <= self._jit_windows[i][1]
-
-    def _in_one_launch_window(self, stamp):
-        return any(start <= stamp <= end for start, end, _ in self._one_launch_windows)
+        return _in_window(self._jit_windows, starts, stamp)
 
     def _build(self, launches):
-        launches = [(stamp, name) for stamp, name in launches if not self._in_one_launch_window(stamp)]
-        self._syncs = [(stamp, site) for stamp, site in self._syncs if not self._in_one_launch_window(stamp)]
+        # windows follow one another in time (neither kind nests in itself), so bisect finds the one
+        one_starts = [w[0] for w in self._one_launch_windows]
+        launches = [(t, name) for t, name in launches if not _in_window(self._one_launch_windows, one_starts, t)]
+        self._syncs = [(t, site) for t, site in self._syncs if not _in_window(self._one_launch_windows, one_starts, t)]
         steps = [StepCounts() for _ in range(len(self.marks) + 1)]
         dd_sites = collections.defaultdict(list)  # (step, op name) -> sites in call order
         for stamp, name, site in self._dd_calls:
@@ -346,6 +339,12 @@ class Region:
         for stamp, site in self._syncs:
             steps[self._step_of(stamp)].syncs[site] += 1
         return Counts(steps)
+
+
+def _in_window(windows, starts, stamp):
+    """Whether `stamp` falls in one of `windows` ((start, end, name), in time order; starts their starts)."""
+    i = bisect.bisect_right(starts, stamp) - 1
+    return i >= 0 and stamp <= windows[i][1]
 
 
 def _normalize_op_name(raw):

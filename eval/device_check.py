@@ -17,6 +17,7 @@ import argparse
 import glob
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -76,6 +77,7 @@ def families_to_check(args):
 
 def run_setting(index, name, env, families, args):
     out = os.path.join(args.out, f"setting{index}")
+    shutil.rmtree(out, ignore_errors=True)  # no figures of an earlier check
     command = [sys.executable, os.path.join(HERE, "run.py"), "--families", ",".join(families), "--out", out,
                "--max-new-tokens", str(args.max_new_tokens), "--llm-dir", args.llm_dir, "--size", args.size]
     command += ["--as-ascend"] if args.as_ascend else []
@@ -166,6 +168,8 @@ def main(argv=None):
         print(f"device check: no model weights under {args.llm_dir}; run bash download.sh first")
         return 0
     info = environment(args.as_ascend)
+    for key, value in info.items():
+        print(f"device check: {key}: {value}", flush=True)
     results = [run_setting(i, name, env, families, args) for i, (name, env) in enumerate(SETTINGS)]
     best = write_report(info, results, args)
     print(f"device check: report in {os.path.join(args.out, 'device_check.md')}; "

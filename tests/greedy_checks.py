@@ -81,9 +81,8 @@ def matmul_rows_depend_on_count() -> bool:
     return any(not np.array_equal(mindspore.ops.matmul(x[:rows], w).asnumpy(), full[:rows]) for rows in range(1, 13))
 
 
-def launches_per_layer(model, generate_kwargs, exclude=()):
-    """Launches of each decoder layer in the last forward of one generate call (ops named in
-    `exclude` left out)."""
+def launches_per_layer(model, generate_kwargs):
+    """Launches of each decoder layer in the last forward of one generate call."""
     layers = model.model.layers
     with counters.count_region() as region:
         for layer in layers:
@@ -100,8 +99,7 @@ def launches_per_layer(model, generate_kwargs, exclude=()):
                 del layer.forward
     steps = region.counts.steps
     last = (len(steps) - 1) // (2 * len(layers)) - 1  # each forward adds 2 marks per layer
-    return [sum(count for name, count in steps[2 * len(layers) * last + 2 * j + 1].ops.items() if name not in exclude)
-            for j in range(len(layers))]
+    return [sum(steps[2 * len(layers) * last + 2 * j + 1].ops.values()) for j in range(len(layers))]
 
 
 # Measured on the AVX2 host over every prompt of test_qwen2_moe.py, both fixtures: at most 1.1e-6

@@ -401,7 +401,6 @@ def test_fused_attention_falls_back_to_eager_where_kernel_fails(monkeypatch, ste
 def test_fused_attention_is_not_tried_outside_its_documented_inputs(monkeypatch, recwarn, decode, dim, dtype):
     """Both kernels take float16/bfloat16 only; flash_attention_score needs head_dim % 16 == 0, <= 512."""
     monkeypatch.setattr(device, "on_ascend", lambda: True)
-    device.reset_choices()
     assert choose_attention(decode, 4, 2, dim, dtype) is attention_eager
     assert not [w for w in recwarn if "fused kernel" in str(w.message)]
     assert device.decisions() == {}

@@ -108,7 +108,7 @@ def test_half_precision_follows_stock_dtype_policy(fixture_path):
 
 # Per decoder layer per decode token in fp32 (where stock's casts launch nothing), each one of stock's
 # own arithmetic steps: 2 RMSNorm composites (Pow, ReduceMean, Add, Rsqrt, 2 Mul: 12), the q/k/v
-# MatMul, rotary (Mul, ReduceSum), the K/V cache write (ScatterUpdate), attention (BatchMatMul, Div,
+# MatMul, rotary (Mul, ReduceSum), the K/V cache write (ScatterUpdate), attention (BatchMatMul, RealDiv,
 # Softmax, BatchMatMul), o_proj (MatMul), the gate/up MatMul, SiLU (Sigmoid, Mul on this backend),
 # the gate-up Mul, down_proj (MatMul) and 2 residual Adds. Measured on both fixtures, MHA and GQA alike.
 LAYER_LAUNCHES = 28

@@ -38,9 +38,10 @@ class AttentionMask(NamedTuple):
 
     def per_head(self, heads: int) -> "AttentionMask":
         """The mask with `additive` repeated for `heads` heads, once per forward: the same sums in
-        every layer, but the CPU backend's Add is about 6x slower when it broadcasts the mask over
-        the heads (159 ms against 28 ms for 32 heads x 620 x 620 fp32). Costs B * heads * S * T
-        elements for the forward; for prompts, where the mask is S x T."""
+        every layer, but the CPU backend's Add is 4 to 6x slower when it broadcasts the mask over the
+        heads (`python eval/bench_kernels.py`: 168 against 42 ms for 32 heads x 620 x 620 fp32).
+        Costs B * heads * S * T elements for the forward; the model uses it for prompts only
+        (a decode step's mask is one row per sequence)."""
         batch, _, steps, length = self.additive.shape
         full = self.additive.broadcast_to((batch, heads, steps, length)).contiguous()
         return self._replace(additive=full)

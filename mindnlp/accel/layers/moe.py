@@ -145,5 +145,5 @@ def _check_inputs(dtype, num_experts=5, tokens=8, hidden=32, intermediate=16):
     experts.gate_up_weight.assign_value((normal(experts.gate_up_weight.shape) * hidden ** -0.5).to(dtype))
     experts.down_weight.assign_value((normal(experts.down_weight.shape) * intermediate ** -0.5).to(dtype))
     x = normal((tokens, hidden)).to(dtype)
-    first = ops.arange(0, tokens, dtype=mindspore.int64) % (num_experts - 1)
+    first = ops.arange(0, tokens, dtype=mindspore.int64) % (num_experts - 2)
     return experts, x, msops.stack([first, first + 1], axis=1)

@@ -139,7 +139,8 @@ def apply_rotary_composite(x, tables: RotaryTables):
 
 
 def apply_rotary_fused(x, tables: RotaryTables):
-    """Ascend's RotaryPositionEmbedding, rotate_half mode, BSND layout (allowed for decode, S=1)."""
+    """Ascend's RotaryPositionEmbedding, rotate_half mode, x [B, S, N, D] with BS1D tables (the layout
+    its documentation allows at decode, where BNSD with B * N > 8S is refused)."""
     return mindspore.ops.rotary_position_embedding(x, tables.cos, tables.sin, 0)
 
 

@@ -4,7 +4,8 @@ Numerics follow stock mindnlp 0.4 step by step: RMSNorm as stock LlamaRMSNorm ru
 inference (the fused RmsNorm kernel where mindnlp takes its pyboost path, i.e. on Ascend; the fp32
 composite cast back before the weight elsewhere), rope angles by a K=1 fp32 matmul per forward,
 cos/sin cast to the activation dtype, eager attention divided by sqrt(head_dim) after the matmul
-with an fp32 softmax, the gated MLP, logits cast to fp32. GQA configs run without repeating K/V.
+with an fp32 softmax (K/V repeated for grouped heads, as stock's repeat_kv), the gated MLP, logits
+cast to fp32.
 """
 from mindnlp.transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
