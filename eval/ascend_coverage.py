@@ -69,12 +69,7 @@ def regions_of(source: str, path: str) -> List[Region]:
     tree = ast.parse(source)
     regions = []
     for function in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
-        calls_fused = any(isinstance(n, ast.Call) and _called_name(n) in FUSED_NAMES for n in ast.walk(function))
-        direct_fused = calls_fused and not any(
-            isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n is not function and any(
-                isinstance(c, ast.Call) and _called_name(c) in FUSED_NAMES for c in ast.walk(n))
-            for n in ast.walk(function))
-        if direct_fused:
+        if any(isinstance(n, ast.Call) and _called_name(n) in FUSED_NAMES for n in _own_nodes(function)):
             regions.append(Region(path, f"function {function.name}", _lines(function.body)))
             continue
         for block in _blocks(function):
@@ -86,6 +81,16 @@ def regions_of(source: str, path: str) -> List[Region]:
                     regions.append(Region(path, f"{function.name}: after `if {ast.unparse(node.test)}: return` "
                                                 f"(line {node.lineno})", _lines(block[index + 1:])))
     return regions
+
+
+def _own_nodes(function):
+    """The nodes of `function`'s body, not entering the functions and classes defined in it."""
+    pending = list(function.body)
+    while pending:
+        node = pending.pop()
+        yield node
+        if not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            pending.extend(ast.iter_child_nodes(node))
 
 
 def _blocks(function):

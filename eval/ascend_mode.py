@@ -5,9 +5,8 @@ reports "Ascend" (`device_target`) and the pyboost path (`pyboost`), the two que
 branch of accel goes through, and each fused MindSpore kernel accel calls is replaced by its
 stand-in from ascend_kernels (signature, front-end and documented-rule checks, then the kernel's
 result by portable ops; counted as one launch by counters; so is mindnlp's F.linear, one kernel on
-the device). Every call a stand-in rejects is kept
-in `refused` and also raised, so a test fails on it even where device.choose turns the error into
-a fallback. mindnlp itself stays on its CPU path (its own pyboost flag is not touched: under it
+the device). Every call a stand-in rejects is kept in `refused` and also raised, so a test fails
+on it even where device.choose turns the error into a fallback. mindnlp itself stays on its CPU path (its own pyboost flag is not touched: under it
 mindnlp would call mint ops that have no CPU kernel, Randn for one), so where accel takes its
 pyboost branch it calls the mindnlp op stock calls there, which runs here on the CPU kernels.
 

@@ -81,7 +81,7 @@ def run_setting(index, name, env, families, args):
     command = [sys.executable, os.path.join(HERE, "run.py"), "--families", ",".join(families), "--out", out,
                "--max-new-tokens", str(args.max_new_tokens), "--llm-dir", args.llm_dir, "--size", args.size]
     command += ["--as-ascend"] if args.as_ascend else []
-    print(f"device check: {name} ({' '.join(f'{k}={v}' for k, v in env.items())})", flush=True)
+    print(f"device check: {name} ({env_text(env)})", flush=True)
     proc = subprocess.run(command, env=dict(os.environ, **env))
     result = {"name": name, "env": env, "exit": proc.returncode, "families": {}}
     for family in families:
@@ -95,6 +95,11 @@ def run_setting(index, name, env, families, args):
     result["passed"] = proc.returncode == 0 and all(f.get("complete") for f in result["families"].values())
     result["score"] = score(result["families"]) if result["passed"] else None
     return result
+
+
+def env_text(env):
+    """A setting's environment as shell assignments: "MINDNLP_ACCEL_FUSED=1 ..."."""
+    return " ".join(f"{key}={value}" for key, value in env.items())
 
 
 def summarize(variants):
@@ -123,7 +128,7 @@ def write_report(info, results, args):
     lines += [f"- {key}: {value}" for key, value in info.items()]
     for result in results:
         lines += ["", f"## {result['name']}", "",
-                  f"- environment: {' '.join(f'{k}={v}' for k, v in result['env'].items())}",
+                  f"- environment: {env_text(result['env'])}",
                   f"- pass: {'yes' if result['passed'] else 'NO'} (eval/run.py exit {result['exit']})"]
         if result["score"] is not None:
             lines.append(f"- score against stock: {result['score']:.0f} (100 = stock)")
@@ -140,7 +145,7 @@ def write_report(info, results, args):
     if best is None:
         lines.append("No setting passes on every prompt: do not submit; see README (device check) for what to do.")
     else:
-        lines.append(f"{best['name']}: {' '.join(f'{k}={v}' for k, v in best['env'].items())}")
+        lines.append(f"{best['name']}: {env_text(best['env'])}")
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "device_check.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(lines) + "\n")
@@ -173,7 +178,7 @@ def main(argv=None):
     results = [run_setting(i, name, env, families, args) for i, (name, env) in enumerate(SETTINGS)]
     best = write_report(info, results, args)
     print(f"device check: report in {os.path.join(args.out, 'device_check.md')}; "
-          + (f"submit with {' '.join(f'{k}={v}' for k, v in best['env'].items())}" if best
+          + (f"submit with {env_text(best['env'])}" if best
              else "no setting passes on every prompt"))
     return 0 if best else 1
 

@@ -83,26 +83,23 @@ def run_child(args):
 
 
 def _measure(args, counters, judge, passcheck):
+    import mindspore
+
     loaded = judge.load(args.family, args.path, args.variant)
     images = dict(args.images) or None
     run = judge.run_family(args.family, loaded.model, loaded.processor, args.max_new_tokens, images)
     case = judge.prompt_cases(args.family, images)[0][1]
-    inputs = judge.prepare_inputs(args.family, loaded.model, loaded.processor, case)
-    import mindspore
-
-    on_cpu = mindspore.get_context("device_target") == "CPU"
     # Counting attributes launches by wall clock, which needs blocking dispatch: on the CPU the child
     # runs blocking throughout; on a device the timings above ran as the judge runs, and nothing is counted.
-    counts = counters.count_generate(loaded.model, dict(inputs, **judge.GENERATE_KWARGS,
-                                                         max_new_tokens=args.count_tokens)) if on_cpu else None
-    kernel_decisions = {}
+    on_cpu = mindspore.get_context("device_target") == "CPU"
+    counts = count_generate(loaded, case, args, counters, judge) if on_cpu else None
+    kernel_decisions, ascend_counts = {}, None
     if args.variant == "ours" and not loaded.ours_is_stock:
         from mindnlp.accel import device
 
         kernel_decisions = device.decisions()  # every fused kernel's self-check in this process
-    ascend_counts = None
-    if args.variant == "ours" and not loaded.ours_is_stock and on_cpu and not args.as_ascend:
-        ascend_counts = count_on_ascend_path(args, counters, judge, case)
+        if on_cpu and not args.as_ascend:
+            ascend_counts = count_on_ascend_path(args, counters, judge, case)
     out_dir = os.path.join(args.out, args.family)
     passcheck.save_target(run, os.path.join(out_dir, "target" if args.variant == "stock" else "candidate"))
     summary = {key: run[key] for key in ("family", "model_class", "max_new_tokens", "decode_rule",
@@ -115,6 +112,13 @@ def _measure(args, counters, judge, passcheck):
         json.dump(summary, f, indent=2)
 
 
+def count_generate(loaded, case, args, counters, judge):
+    """Counts of one judge-style generate of --count-tokens tokens on `case` by the loaded model."""
+    inputs = judge.prepare_inputs(args.family, loaded.model, loaded.processor, case)
+    return counters.count_generate(loaded.model, dict(inputs, **judge.GENERATE_KWARGS,
+                                                      max_new_tokens=args.count_tokens))
+
+
 def count_on_ascend_path(args, counters, judge, case):
     """Counts (to_dict) of ours generating in the as-on-Ascend mode, in fp16 (CPU only)."""
     import mindspore
@@ -122,9 +126,7 @@ def count_on_ascend_path(args, counters, judge, case):
 
     with AscendMode() as mode:
         loaded = judge.load(args.family, args.path, "ours", dtype=mindspore.float16)
-        inputs = judge.prepare_inputs(args.family, loaded.model, loaded.processor, case)
-        counts = counters.count_generate(loaded.model, dict(inputs, **judge.GENERATE_KWARGS,
-                                                             max_new_tokens=args.count_tokens))
+        counts = count_generate(loaded, case, args, counters, judge)
         del loaded
     mode.assert_no_refusals()
     return counts.to_dict()

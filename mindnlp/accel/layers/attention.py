@@ -7,9 +7,10 @@ eager path repeats K and V to every query head, as stock's repeat_kv does, so ea
 stock's shape: grouping the query heads instead ([B, kv_heads, groups * S, D] against unrepeated
 K/V) changes the rows of each matmul, and the CPU kernels sum a dot product in another order when
 the row count is small (one decode step, a short prompt), so it is not bit-identical to stock
-(tests/test_layers_dense.py). The fused Ascend kernels (flash_attention_score for prefill, incre_flash_attention for
-decode) compute the softmax differently, so the self-check never finds them bit-identical: they
-are used only with MINDNLP_ACCEL_INEXACT=1 (device.choose) and after the self-check agrees.
+(tests/test_layers_dense.py). The fused Ascend kernels (flash_attention_score for prefill,
+incre_flash_attention for decode) compute the softmax differently, so the self-check never finds
+them bit-identical: they are used only with MINDNLP_ACCEL_INEXACT=1 (device.choose) and after the
+self-check agrees.
 """
 import math
 from typing import NamedTuple, Optional
