@@ -285,6 +285,15 @@ def test_linear_follows_reloaded_weights():
     assert_bits_equal(ours(x), stock(x))
 
 
+def test_linear_prepared_for_the_cpu_keeps_stock_state():
+    """The transposed copy and the weight it was made from are no parameters: a save writes only
+    stock's tensors (a Parameter held as an attribute would be saved as a second one)."""
+    ours = Linear(8, 6)
+    ours.prepare_kernels(mindspore.float32, 1)
+    assert list(ours.state_dict()) == list(nn.Linear(8, 6).state_dict()) == ["weight", "bias"]
+    assert len(list(ours.parameters())) == 2
+
+
 def stock_projections(hidden, widths, dtype, bias=True):
     """Separate stock nn.Linear layers with random weights, and their state stacked by rows."""
     rng = np.random.default_rng(sum(widths))

@@ -28,28 +28,34 @@ class Linear(nn.Linear):
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, dtype=None):
         super().__init__(in_features, out_features, bias=bias, dtype=dtype)
-        self._weight_t = None
-        self._weight_t_source = None
+        # (weight Parameter, its contiguous transpose), held in a tuple: a Parameter assigned to an
+        # attribute of its own would be registered, and saved, as a second parameter
+        self._transposed = None
         self._register_load_state_dict_pre_hook(self._on_load)
 
     def prepare_kernels(self, dtype, batch_size: int) -> None:
         """Make the transposed copy for the CPU path (nothing where mindnlp takes its pyboost path)."""
-        if not device.pyboost() and self._weight_t_source is not self.weight:
-            self._weight_t = self.weight.swapaxes(0, 1).contiguous()
-            self._weight_t_source = self.weight
+        if not device.pyboost() and self._transposed_weight() is None:
+            self._transposed = (self.weight, self.weight.swapaxes(0, 1).contiguous())
+
+    def _transposed_weight(self):
+        """The transposed copy of the current `weight`, or None when there is none or it is stale."""
+        if self._transposed is None or self._transposed[0] is not self.weight:
+            return None
+        return self._transposed[1]
 
     def forward(self, input):
-        if device.pyboost() or self._weight_t_source is not self.weight:
+        weight_t = None if device.pyboost() else self._transposed_weight()
+        if weight_t is None:
             return F.linear(input, self.weight, self.bias)
-        out = matmul_2d(input.reshape(-1, self.in_features), self._weight_t)
+        out = matmul_2d(input.reshape(-1, self.in_features), weight_t)
         if self.bias is not None:
             out = out + self.bias
         return out.reshape(input.shape[:-1] + (self.out_features,))
 
     def invalidate(self) -> None:
         """Forget the transposed copy (call after changing `weight` in place)."""
-        self._weight_t = None
-        self._weight_t_source = None
+        self._transposed = None
 
     def _on_load(self, *args, **kwargs):
         self.invalidate()
