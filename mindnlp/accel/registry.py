@@ -3,7 +3,9 @@
 install() rebinds the class names exported by ``mindnlp.transformers`` and ``mindnlp.transformers.models`` and
 registers ours in every auto mapping that names the stock class (``AutoModelForCausalLM`` and the others). The
 stock modeling modules and the per-model packages (``mindnlp.transformers.models.llama`` ...) keep the stock
-classes, so ``stock_class()`` and explicit imports still reach them.
+classes, so ``stock_class()`` and explicit imports still reach them. For a model type this mindnlp lacks
+altogether (deepseek on the 0.4.1 wheel), install() registers our class with its own config class in
+``AutoConfig`` and ``AutoModelForCausalLM``, so a checkpoint of that type loads through the auto classes.
 
 Entries resolve lazily: one whose accelerated module does not exist yet is skipped (debug log), and one that
 fails to import is skipped with a warning, leaving stock in place. Nothing here imports mindnlp.transformers at
@@ -50,7 +52,7 @@ def enabled():
     return os.environ.get("MINDNLP_ACCEL", "1").strip() != "0"
 
 
-def _import_optional(module_name):
+def import_optional(module_name):
     """The module, or None when it (or a package above it) does not exist; other import errors propagate."""
     try:
         return importlib.import_module(module_name)
@@ -63,7 +65,7 @@ def _import_optional(module_name):
 def stock_class(model_type):
     """The stock class our model replaces for ``model_type``, or None when this mindnlp lacks it."""
     entry = MODELS[model_type]
-    module = _import_optional(entry.stock_module)
+    module = import_optional(entry.stock_module)
     return None if module is None else getattr(module, entry.stock_name)
 
 
@@ -74,7 +76,7 @@ def accelerated_class(model_type):
         return None
     module_name, class_name = entry.accelerated.split(":")
     try:
-        module = _import_optional(module_name)
+        module = import_optional(module_name)
     except Exception as error:  # a broken model file must not break mindnlp: stock stays in place
         logger.warning("mindnlp.accel: %s failed to import (%r); using stock %s", module_name, error,
                        entry.stock_name)
@@ -97,6 +99,8 @@ def install():
         ours, stock = accelerated_class(model_type), stock_class(model_type)
         if ours is not None and stock is not None:
             _installed[model_type] = _replace(model_type, stock, ours)
+        elif ours is not None:
+            _installed[model_type] = _register_new(model_type, ours)
 
 
 def uninstall(*model_types):
@@ -125,6 +129,22 @@ def _replace(model_type, stock, ours):
             mapping.register(config_class, ours, exist_ok=True)
             undo.append(lambda mapping=mapping: mapping._extra_content.pop(config_class, None))
     return undo
+
+
+def _register_new(model_type, ours):
+    """For a model type this mindnlp lacks (deepseek on the 0.4.1 wheel): register our config class
+    for it and ours in AutoModelForCausalLM; return the undo steps. Nothing when the type is known."""
+    from mindnlp.transformers.models.auto import configuration_auto, modeling_auto
+
+    config_mapping = configuration_auto.CONFIG_MAPPING
+    if model_type in config_mapping:
+        return []
+    config_class = ours.config_class
+    causal_lm = modeling_auto.MODEL_FOR_CAUSAL_LM_MAPPING
+    config_mapping.register(model_type, config_class)
+    causal_lm.register(config_class, ours)
+    return [lambda: config_mapping._extra_content.pop(model_type, None),
+            lambda: causal_lm._extra_content.pop(config_class, None)]
 
 
 class StockFallbackMixin:
