@@ -7,7 +7,9 @@
 Each (family, variant) runs in its own child process so that peak memory is its own; stock runs
 first and its texts and logits become the target ours must match. A family uses real weights
 when --model-path names them or download.sh laid them under --llm-dir, else its generated
-fixture of --size. Outputs: eval_output/<family>/<variant>.json, target/ and candidate/ logits,
+fixture of --size. A family whose stock class this mindnlp lacks (deepseek on the 0.4.1 wheel) runs
+ours alone, without a pass check; stock deepseek runs on the CPU with eval/deepseek_cpu_shims.py.
+Outputs: eval_output/<family>/<variant>.json, target/ and candidate/ logits,
 report.md and charts.
 
 On the CPU, ours is also counted on its Ascend path: a fresh fp16 copy (the CPU's stand-in for bf16)

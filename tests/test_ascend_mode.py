@@ -29,7 +29,7 @@ from mindnlp.accel.layers import attention as attention_module
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F16, F32 = mindspore.float16, mindspore.float32
-FAMILIES = ("qwen2_moe", "llama")
+FAMILIES = ("qwen2_moe", "deepseek", "llama")
 
 
 def tensor(shape, dtype=F16, seed=0):
@@ -208,7 +208,7 @@ def test_inexact_switch_runs_every_fused_kernel_with_stocks_tokens(family, monke
     assert_same_generation(got, portable, 1e-2)
     assert mode.calls["flash_attention_score"] > 0 and mode.calls["incre_flash_attention"] > 0
     assert all(choice == "fused" for choice in decisions.values()), decisions
-    if family == "qwen2_moe":
+    if family in ("qwen2_moe", "deepseek"):
         assert mode.calls["grouped_matmul_v4"] > 0
 
 

@@ -4,7 +4,8 @@ the model-owned static KV cache, the kernel prepare pass (`prepare`), and the fo
 A model file subclasses `DecoderForCausalLM` together with the stock PreTrainedModel of its
 family (which gives config class, weight init and checkpoint naming) and supplies:
   `decoder_config(config)`  the DecoderConfig read from the Hugging Face config;
-  `feed_forward(config, index)`  the MLP or MoE block of decoder layer `index`;
+  `sparse_block(config, index)`  the MoE block of decoder layer `index`, or None for stock's gated MLP
+                                 of `intermediate_size` (the default, every layer: Llama);
   `unsupported_reason(config)`  why our implementation cannot serve a config, or None;
 and may set `output_class` (the ModelOutput stock's forward returns).
 """
@@ -20,6 +21,7 @@ from ..generation import GreedyGenerationMixin
 from ..layers.attention import decoder_mask
 from ..layers.decoder import DecoderConfig, DecoderModel
 from ..layers.linear import Linear
+from ..layers.moe_experts import GatedMLP
 from ..loading import StackedCheckpointMixin
 from ..registry import StockFallbackMixin
 
@@ -40,8 +42,16 @@ class DecoderForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedCheck
         raise NotImplementedError(f"{cls.__name__} must map its config to a DecoderConfig")
 
     @classmethod
+    def sparse_block(cls, config, index: int) -> Optional[nn.Module]:
+        return None
+
+    @classmethod
     def feed_forward(cls, config, index: int) -> nn.Module:
-        raise NotImplementedError(f"{cls.__name__} must build its feed-forward blocks")
+        """Decoder layer `index`'s MoE block, or the dense gated MLP where it has none."""
+        sparse = cls.sparse_block(config, index)
+        if sparse is not None:
+            return sparse
+        return GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
     @classmethod
     def unsupported_reason(cls, config) -> Optional[str]:

@@ -9,7 +9,6 @@ activation dtype; the shared experts as one ungated MLP, added after; the first
 """
 from ..layers.decoder import DecoderConfig
 from ..layers.moe import SparseMoe
-from ..layers.moe_experts import GatedMLP
 from ..layers.moe_router import RouterConfig
 from .causal_lm import DecoderForCausalLM
 from .deepseek_base import config_and_base
@@ -45,10 +44,8 @@ class DeepseekForCausalLM(DecoderForCausalLM, DeepseekPreTrainedModel):
                                      rope_form="table")
 
     @classmethod
-    def feed_forward(cls, config, index):
-        if is_sparse_layer(config, index):
-            return deepseek_moe(config)
-        return GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+    def sparse_block(cls, config, index):
+        return deepseek_moe(config) if is_sparse_layer(config, index) else None
 
     @classmethod
     def unsupported_reason(cls, config):

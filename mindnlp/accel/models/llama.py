@@ -10,7 +10,6 @@ cast to fp32.
 from mindnlp.transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from ..layers.decoder import DecoderConfig
-from ..layers.moe_experts import GatedMLP
 from .causal_lm import DecoderForCausalLM
 
 
@@ -21,10 +20,6 @@ class LlamaForCausalLM(DecoderForCausalLM, LlamaPreTrainedModel):
     def decoder_config(cls, config):
         return DecoderConfig.from_hf(config, qkv_bias=config.attention_bias, o_bias=config.attention_bias,
                                      rope_form="matmul", norm_kernel="stock_fused")
-
-    @classmethod
-    def feed_forward(cls, config, index):
-        return GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
 
     @classmethod
     def unsupported_reason(cls, config):

@@ -10,7 +10,6 @@ from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoePre
 
 from ..layers.decoder import DecoderConfig
 from ..layers.moe import SparseMoe
-from ..layers.moe_experts import GatedMLP
 from ..layers.moe_router import RouterConfig
 from .causal_lm import DecoderForCausalLM
 
@@ -41,10 +40,8 @@ class Qwen2MoeForCausalLM(DecoderForCausalLM, Qwen2MoePreTrainedModel):
         return DecoderConfig.from_hf(config, qkv_bias=True, rope_form="table")
 
     @classmethod
-    def feed_forward(cls, config, index):
-        if is_sparse_layer(config, index):
-            return sparse_moe(config)
-        return GatedMLP(config.hidden_size, config.intermediate_size, config.hidden_act)
+    def sparse_block(cls, config, index):
+        return sparse_moe(config) if is_sparse_layer(config, index) else None
 
     @classmethod
     def unsupported_reason(cls, config):
