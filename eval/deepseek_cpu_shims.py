@@ -53,11 +53,11 @@ def stock_deepseek_on_cpu():
         replaced.append((owner, name, vars(owner).get(name, _INHERITED)))
         setattr(owner, name, value)
 
-    for owner in (Tensor, StubTensor):  # PyNative outputs are StubTensors, which define their own methods
-        replace(owner, "masked_fill", _masked_fill_in_own_dtype(getattr(owner, "masked_fill")))
-        replace(owner, "bincount", _bincount_on_host)
-    replace(mindspore.mint, "scatter_add", _scatter_add)
     try:
+        for owner in (Tensor, StubTensor):  # PyNative outputs are StubTensors, which define their own methods
+            replace(owner, "masked_fill", _masked_fill_in_own_dtype(getattr(owner, "masked_fill")))
+            replace(owner, "bincount", _bincount_on_host)
+        replace(mindspore.mint, "scatter_add", _scatter_add)
         yield
     finally:
         for owner, name, value in reversed(replaced):

@@ -75,6 +75,7 @@ def run_child(args):
     if args.variant == "ours" and not os.path.isdir(os.path.join(os.path.dirname(mindnlp.__file__), "accel")):
         raise SystemExit(f"mindnlp at {os.path.dirname(mindnlp.__file__)} is not patched (no mindnlp/accel): "
                          "put the patched tree first on PYTHONPATH, as test.sh does")
+    mode = None
     with contextlib.ExitStack() as stack:
         if args.family == "deepseek" and args.variant == "stock" and mindspore.get_context("device_target") == "CPU":
             from deepseek_cpu_shims import stock_deepseek_on_cpu
@@ -84,8 +85,9 @@ def run_child(args):
             from ascend_mode import AscendMode
 
             mode = stack.enter_context(AscendMode())
-            stack.callback(mode.assert_no_refusals)
         _measure(args, counters, judge, passcheck)
+    if mode is not None:
+        mode.assert_no_refusals()
 
 
 def _measure(args, counters, judge, passcheck):

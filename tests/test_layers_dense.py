@@ -291,7 +291,6 @@ def test_linear_prepared_for_the_cpu_keeps_stock_state():
     ours = Linear(8, 6)
     ours.prepare_kernels(mindspore.float32, 1)
     assert list(ours.state_dict()) == list(nn.Linear(8, 6).state_dict()) == ["weight", "bias"]
-    assert len(list(ours.parameters())) == 2
 
 
 def stock_projections(hidden, widths, dtype, bias=True):

@@ -2,7 +2,8 @@
 the model-owned static KV cache, the kernel prepare pass (`prepare`), and the forward generation drives.
 
 A model file subclasses `DecoderForCausalLM` together with the stock PreTrainedModel of its
-family (which gives config class, weight init and checkpoint naming) and supplies:
+family (which gives config class, weight init and checkpoint naming; deepseek_base.py has one for a
+mindnlp without deepseek) and supplies:
   `decoder_config(config)`  the DecoderConfig read from the Hugging Face config;
   `sparse_block(config, index)`  the MoE block of decoder layer `index`, or None for stock's gated MLP
                                  of `intermediate_size` (the default, every layer: Llama);

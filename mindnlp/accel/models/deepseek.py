@@ -49,6 +49,8 @@ class DeepseekForCausalLM(DecoderForCausalLM, DeepseekPreTrainedModel):
 
     @classmethod
     def unsupported_reason(cls, config):
+        if config.n_routed_experts is not None and not 0 < (config.num_experts_per_tok or 0) <= config.n_routed_experts:
+            return f"num_experts_per_tok {config.num_experts_per_tok!r} with {config.n_routed_experts} routed experts"
         if config.scoring_func != "softmax":
             return f"scoring_func {config.scoring_func!r} (stock implements softmax only)"
         if config.pretraining_tp != 1:

@@ -13,7 +13,6 @@ from mindnlp.transformers.modeling_utils import PreTrainedModel
 from ..registry import import_optional
 
 
-
 class DeepseekConfig(PretrainedConfig):
     """deepseek-moe's configuration, for a mindnlp without one; see the branch's DeepseekConfig."""
 
