@@ -4,8 +4,8 @@ Inside `AscendMode()`, accel's view of the platform is the device's: `mindnlp.ac
 reports "Ascend" (`device_target`) and the pyboost path (`pyboost`), the two queries every Ascend
 branch of accel goes through, and each fused MindSpore kernel accel calls is replaced by its
 stand-in from ascend_kernels (signature, front-end and documented-rule checks, then the kernel's
-result by portable ops; counted as one launch by counters; so is mindnlp's F.linear, one kernel on
-the device). Every call a stand-in rejects is kept in `refused` and also raised, so a test fails
+result by portable ops; counted as one launch by counters; so are mindnlp's F.linear and the
+matmuls of accel's pyboost branches, one kernel each on the device). Every call a stand-in rejects is kept in `refused` and also raised, so a test fails
 on it even where device.choose turns the error into a fallback. mindnlp itself stays on its CPU path (its own pyboost flag is not touched: under it
 mindnlp would call mint ops that have no CPU kernel, Randn for one), so where accel takes its
 pyboost branch it calls the mindnlp op stock calls there, which runs here on the CPU kernels.
@@ -40,7 +40,9 @@ class AscendMode:
         self._restore = []
 
     def __enter__(self):
+        from mindspore import mint
         from mindnlp.accel import device
+        from mindnlp.core import ops as core_ops
         from mindnlp.core.nn import functional
 
         self._device = device
@@ -51,6 +53,8 @@ class AscendMode:
                 module = importlib.import_module(kernel.module)
                 self._swap(module, kernel.name, self._stand_in(kernel, getattr(module, kernel.name)))
             self._swap(functional, "linear", _one_launch("linear", functional.linear))
+            for owner, name in ((core_ops, "matmul"), (mint, "matmul"), (mint, "bmm")):
+                self._swap(owner, name, _one_launch(name, getattr(owner, name)))
         except BaseException:
             self.__exit__(None, None, None)
             raise
@@ -100,9 +104,10 @@ class AscendMode:
 
 
 def _one_launch(name, function):
-    """`function` counted as one launch of `name`: mindnlp's F.linear, which on the device is one mint
-    linear kernel and on this CPU in fp16 a Dense wrapped in the Casts MindSpore inserts around it
-    (the backend has no fp16 Dense)."""
+    """`function` counted as one launch of `name`: mindnlp's F.linear and the matmuls accel's pyboost
+    branches call (mindnlp's ops.matmul, mint.matmul, mint.bmm), each one kernel on the device and on
+    this CPU in fp16 a kernel wrapped in the Casts MindSpore inserts around it (the backend has no
+    fp16 Dense, and runs fp16 batch matmuls through float32)."""
     def counted(*args, **kwargs):
         with counters.as_one_launch(name):
             return function(*args, **kwargs)
