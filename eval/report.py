@@ -186,3 +186,26 @@ def write_report(results, out_dir="eval_output", *, dispatch, machine=None, note
     with open(path, "w", encoding="utf-8") as handle:
         handle.write("\n".join(lines) + "\n")
     return path
+
+
+# The terminal summary's columns: (heading, key) of the ratios stock / ours.
+SUMMARY_RATIOS = (("prefill", "prefill_s"), ("decode", "decode_s_per_token"), ("memory", "memory_bytes"),
+                  ("launches/token", "decode_ops"), ("syncs/token", "decode_syncs"))
+
+
+def summary_table(results):
+    """The per-family summary printed at the end of a run: ratios stock / ours and the pass check,
+    as plain-text lines."""
+    table = _index(results)
+    rows = [["family"] + [heading for heading, _ in SUMMARY_RATIOS] + ["pass check"]]
+    for family in sorted(table):
+        stock, ours = table[family].get("stock"), table[family].get("ours")
+        if stock is None:
+            rows.append([family] + ["—"] * len(SUMMARY_RATIOS) + ["no stock on this base: ours alone"])
+            continue
+        ratios = [_ratio(_value(stock, key), _value(ours, key)) for _, key in SUMMARY_RATIOS]
+        check = (ours or {}).get("pass_check", "not checked").split(";")[0]
+        rows.append([family] + ratios + [check])
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    return [lines[0], "  ".join("-" * width for width in widths)] + lines[1:]

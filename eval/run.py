@@ -23,9 +23,10 @@ import argparse
 import contextlib
 import json
 import os
-import subprocess
 import sys
 import time
+
+import console
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -113,6 +114,7 @@ def _measure(args, counters, judge, passcheck):
     summary = {key: run[key] for key in ("family", "model_class", "max_new_tokens", "decode_rule",
                                          "warmup_s", "prefill_s", "decode_per_token_s", "memory")}
     summary.update(variant=args.variant, path=args.path, load_s=loaded.load_s,
+                   device_target=mindspore.get_context("device_target"),
                    ours_is_stock=loaded.ours_is_stock, counts=counts and counts.to_dict(), ascend_counts=ascend_counts,
                    kernel_decisions=kernel_decisions,
                    prompts=[{k: v for k, v in p.items() if k != "logits"} for p in run["prompts"]])
@@ -169,22 +171,41 @@ def steal_share(before, after):
     return (after[0] - before[0]) / (after[1] - before[1])
 
 
-def spawn(family, variant, path, args):
+class Progress:
+    """Start lines with an estimate of the time left, from the variants run so far."""
+
+    def __init__(self, total):
+        self.total, self.done, self.started = total, 0, time.perf_counter()
+
+    def start(self, name, what):
+        left = ""
+        if self.done:
+            per_variant = (time.perf_counter() - self.started) / self.done
+            left = f"; about {per_variant * (self.total - self.done) / 60:.0f} min left in all"
+        print(f"{name}: starting, {what} ({self.done + 1} of {self.total}{left})", flush=True)
+
+    def end(self):
+        self.done += 1
+
+
+def spawn(family, variant, path, args, progress, what):
     command = [sys.executable, os.path.abspath(__file__), "--child", family, variant, path,
                "--out", args.out, "--max-new-tokens", str(args.max_new_tokens),
                "--count-tokens", str(args.count_tokens)] + (["--as-ascend"] if args.as_ascend else [])
     for name, image in args.images:
         command += ["--image", f"{name}={image}"]
+    progress.start(f"{family}/{variant}", what)
     started, ticks = time.perf_counter(), cpu_ticks()
-    proc = subprocess.run(command)
-    if proc.returncode != 0:
-        raise SystemExit(f"{family}/{variant} failed (exit {proc.returncode}); see the output above")
+    returncode = console.run(command, verbose=args.verbose)
+    progress.end()
+    if returncode != 0:
+        raise SystemExit(f"{family}/{variant} failed (exit {returncode}); see the output above")
     with open(os.path.join(args.out, family, f"{variant}.json"), encoding="utf-8") as f:
         result = json.load(f)
     result["cpu_steal_share"] = steal_share(ticks, cpu_ticks())
     steal = result["cpu_steal_share"]
-    print(f"  {family}/{variant}: prefill {result['prefill_s']:.3f} s, decode "
-          f"{result['decode_per_token_s']:.4f} s/token, {time.perf_counter() - started:.0f} s in all"
+    print(f"{family}/{variant}: done in {time.perf_counter() - started:.0f} s: prefill {result['prefill_s']:.3f} s, "
+          f"decode {result['decode_per_token_s']:.4f} s/token"
           + ("" if steal is None else f", {100 * steal:.1f}% of CPU time stolen by the host"), flush=True)
     return result
 
@@ -239,6 +260,8 @@ def main(argv=None):
     parser.add_argument("--out", default=os.path.join(ROOT, "eval_output"))
     parser.add_argument("--as-ascend", action="store_true",
                         help="run every child in the as-on-Ascend mode (tests the device check's flow)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="show every message of the runs, also the upstream notices console.QUIET drops")
     parser.add_argument("--child", nargs=3, metavar=("FAMILY", "VARIANT", "PATH"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     args.images = [pair_of(item, "--image") for item in args.image]
@@ -258,20 +281,22 @@ def main(argv=None):
 
     import judge
 
-    rows, stock_counts, notes, all_pass = [], {}, [], True
+    rows, stock_counts, notes, all_pass, device_targets = [], {}, [], True, set()
+    progress = Progress(sum(2 if judge.stock_available(family) else 1 for family in families))
     for family in families:
         path, what = resolve_model(family, args)
-        print(f"{family}: {what}", flush=True)
         if not judge.stock_available(family):
-            print(f"  {family}/stock: this mindnlp has no stock {family} (the 0.4 branch has it); ours alone",
+            print(f"{family}/stock: this mindnlp has no stock {family} (the 0.4 branch has it); ours alone",
                   flush=True)
-            ours = spawn(family, "ours", path, args)
+            ours = spawn(family, "ours", path, args, progress, what)
+            device_targets.add(ours["device_target"])
             rows.append(report_row(ours))
             notes.append(f"{family}: {what}; ours is {ours['model_class']}; stock is unavailable on this base "
                          f"(no {judge.STOCK_CLASSES[family][0]}: run on a branch base for stock and the pass check)")
             continue
-        stock = spawn(family, "stock", path, args)
-        ours = spawn(family, "ours", path, args)
+        stock = spawn(family, "stock", path, args, progress, what)
+        ours = spawn(family, "ours", path, args, progress, what)
+        device_targets.update((stock["device_target"], ours["device_target"]))
         out_dir = os.path.join(args.out, family)
         checks = passcheck.check_run(passcheck.load_target(os.path.join(out_dir, "target")),
                                      passcheck.load_target(os.path.join(out_dir, "candidate")))
@@ -287,12 +312,11 @@ def main(argv=None):
     notes += add_predictions(rows, stock_counts) if stock_counts else [
         "No Ascend prediction: no stock run was counted (nothing is counted on a device, and a base without "
         "the family's stock has no stock run)"]
-    import mindspore
-
-    dispatch = ("synchronous (launch_blocking)" if mindspore.get_context("device_target") == "CPU"
-                else "default asynchronous")
+    # read from the children (this process imports no MindSpore, which would print its own notices)
+    dispatch = ("synchronous (launch_blocking)" if device_targets == {"CPU"} else "default asynchronous")
     path = report.write_report(rows, args.out, dispatch=dispatch, notes=notes)
-    print(f"report: {path}")
+    print("\n".join(["", "Summary, stock / ours (above 1 is better):", *report.summary_table(rows), ""]))
+    print(f"report: {path} (charts beside it)")
     if not all_pass:
         print("FAILED: ours does not match stock on every prompt (see the report)", file=sys.stderr)
         return 1

@@ -1,0 +1,97 @@
+"""What the harness prints: child processes' output without the upstream notices a user cannot act on.
+
+Each (family, variant) child runs with its output piped through `forward_quietly`, which drops the
+messages in QUIET by their exact text (mindnlp's, MindSpore's and our stock loop's notices, repeated
+for every family and variant) and passes everything else through as it comes, progress bars included.
+`--verbose` (run.py) shows all. Nothing here touches the shipped series.
+"""
+import codecs
+import os
+import re
+import subprocess
+import sys
+
+# The messages dropped, each as a regular expression over one line (or the part of a line a progress
+# bar shares), with what emits it.
+QUIET = (
+    # mindnlp's PreTrainedModel, for stock classes that define prepare_inputs_for_generation (3 lines)
+    r"\w+ has generative capabilities, as `prepare_inputs_for_generation` is explicitly overwritten\. "
+    r"However, it doesn't directly inherit from `GenerationMixin`\..*",
+    r"  - If you are the owner of the model architecture code, please modify your model class such that it "
+    r"inherits from `GenerationMixin`.*",
+    r"  - If you are not the owner of the model architecture class, please contact the model code owner to "
+    r"update it\.",
+    # mindnlp's GenerationConfig, for the checkpoints' sampling settings under greedy decoding (2 lines)
+    r"\S*configuration_utils\.py:\d+: UserWarning: `do_sample` is set to `False`\. However, `(temperature|top_p|top_k)` "
+    r"is set to .*",
+    # mindnlp's rope validation, for Qwen2-VL's mrope_section
+    r"Unrecognized keys in `rope_scaling` for 'rope_type'=.*",
+    # mindnlp's generate: the legacy-cache notice, the pad id it sets itself, deepseek's deprecated property
+    r"When a model cache is to be returned, `generate` will return a `Cache` instance instead by default.*",
+    r"Setting `pad_token_id` to `eos_token_id`:\S+ for open-end generation\.",
+    r"The `seen_tokens` attribute is deprecated.*",
+    # MindSpore: synchronize() and the allocator on the CPU backend, the profiler the counters use
+    r"\[ERROR\] ME\([^)]*\):[\d\-:. ]+\[mindspore/runtime/device\.py:\d+\] CPU device is not supported\. "
+    r"Please use correct device",
+    r"\[WARNING\] ME\([^)]*\):[\d\-:. ]+\[mindspore/profiler/schedule\.py:\d+\] Profiler won't be using warmup, "
+    r"this can skew profiler results",
+    r"\[MS_ALLOC_CONF\]Runtime config:.*",
+)
+_QUIET = re.compile("|".join(f"(?:{pattern})" for pattern in QUIET))
+# A tqdm progress bar as it stands between two updates ("name:  33%|###   | 1/3 [00:20<00:41, ...]").
+_PROGRESS_BAR = re.compile(r".*\d+%\|.*\]$")
+# The source line Python's warnings module prints under a warning: dropped with the warning it follows.
+_WARNING_SOURCE = re.compile(r"\s+warnings\.warn\($")
+
+
+class QuietFilter:
+    """Feed text in pieces (`feed`), get back what to show. A line is shown unless it is one of the
+    QUIET messages; text sharing a line with a dropped message (a progress bar) is kept."""
+
+    def __init__(self):
+        self._partial = ""
+        self._dropped_last = False
+
+    def feed(self, text):
+        shown = []
+        text = self._partial + text
+        pieces = re.split(r"([\r\n])", text)
+        self._partial = pieces.pop()  # text after the last line end: wait for the rest of it
+        for body, end in zip(pieces[0::2], pieces[1::2]):
+            shown.append(self._line(body, end))
+        if _PROGRESS_BAR.match(self._partial):  # a bar is complete before its line ends: show it now
+            shown.append(self._partial)
+            self._partial = ""
+        return "".join(shown)
+
+    def flush(self):
+        rest, self._partial = self._partial, ""
+        return self._line(rest, "") if rest else ""
+
+    def _line(self, body, end):
+        if self._dropped_last and _WARNING_SOURCE.match(body):
+            return ""
+        kept = _QUIET.sub("", body)
+        self._dropped_last = kept != body
+        if self._dropped_last and not kept.strip():
+            return ""
+        return kept + end
+
+
+def run(command, verbose=False, env=None):
+    """Run `command`, its output shown on this process's stdout (filtered unless `verbose`); its exit code."""
+    if verbose:
+        return subprocess.run(command, env=env).returncode
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    quiet = QuietFilter()
+    while True:
+        chunk = os.read(proc.stdout.fileno(), 65536)
+        if not chunk:
+            break
+        sys.stdout.write(quiet.feed(decoder.decode(chunk)))
+        sys.stdout.flush()
+    sys.stdout.write(quiet.feed(decoder.decode(b"", final=True)) + quiet.flush())
+    sys.stdout.flush()
+    proc.stdout.close()
+    return proc.wait()
