@@ -51,30 +51,37 @@ class QuietFilter:
     def __init__(self):
         self._partial = ""
         self._dropped_last = False
+        self._bar_shown = False  # the current line began with a progress bar already shown
 
     def feed(self, text):
         shown = []
         text = self._partial + text
-        pieces = re.split(r"([\r\n])", text)
-        self._partial = pieces.pop()  # text after the last line end: wait for the rest of it
+        held = "\r" if text.endswith("\r") else ""  # maybe the first half of a \r\n: wait for the next piece
+        pieces = re.split(r"(\r\n|\r|\n)", text[:len(text) - len(held)])
+        self._partial = pieces.pop() + held  # text after the last line end: wait for the rest of it
         for body, end in zip(pieces[0::2], pieces[1::2]):
             shown.append(self._line(body, end))
         if _PROGRESS_BAR.match(self._partial):  # a bar is complete before its line ends: show it now
             shown.append(self._partial)
             self._partial = ""
+            self._bar_shown = True
         return "".join(shown)
 
     def flush(self):
         rest, self._partial = self._partial, ""
-        return self._line(rest, "") if rest else ""
+        if not rest:
+            return ""
+        return self._line(rest[:-1], "\r") if rest.endswith("\r") else self._line(rest, "")
 
     def _line(self, body, end):
+        after_bar, self._bar_shown = self._bar_shown, False
         if self._dropped_last and _WARNING_SOURCE.match(body):
             return ""
         kept = _QUIET.sub("", body)
         self._dropped_last = kept != body
         if self._dropped_last and not kept.strip():
-            return ""
+            # the bar shown before this notice keeps its line end, so what follows starts a line of its own
+            return end if after_bar and end != "\r" else ""
         return kept + end
 
 
@@ -82,6 +89,8 @@ def run(command, verbose=False, env=None):
     """Run `command`, its output shown on this process's stdout (filtered unless `verbose`); its exit code."""
     if verbose:
         return subprocess.run(command, env=env).returncode
+    # unbuffered: a pipe would make the child's stdout block-buffered, out of order with its stderr
+    env = dict(env if env is not None else os.environ, PYTHONUNBUFFERED="1")
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     quiet = QuietFilter()

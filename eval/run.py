@@ -2,7 +2,7 @@
 
     python eval/run.py [--families qwen2_moe,deepseek,qwen2_vl,llama] [--size topology] [--llm-dir llm]
                        [--model-path FAMILY=DIR ...] [--image cat=PATH --image man=PATH]
-                       [--max-new-tokens 50] [--count-tokens 8] [--out eval_output] [--as-ascend]
+                       [--max-new-tokens 50] [--count-tokens 8] [--out eval_output] [--as-ascend] [--verbose]
 
 Each (family, variant) runs in its own child process so that peak memory is its own; stock runs
 first and its texts and logits become the target ours must match. A family uses real weights

@@ -66,6 +66,8 @@ def main(argv=None):
         return 0
     if not (args.report and args.family):
         parser.error("give --report and --family, or --check")
+    with open(os.path.join(args.report, "report.md"), encoding="utf-8") as handle:
+        section(handle.read(), args.family)  # fails before anything is written when the family is missing
     os.makedirs(EXAMPLE, exist_ok=True)
     shutil.copyfile(os.path.join(args.report, "report.md"), os.path.join(EXAMPLE, "report.md"))
     shutil.copyfile(os.path.join(args.report, CHART), os.path.join(EXAMPLE, CHART))

@@ -64,8 +64,13 @@ def test_a_progress_bar_shows_at_once_and_keeps_its_line_when_a_notice_joins_it(
     quiet = console.QuietFilter()
     bar = "\rdeepseek:  33%|###       | 1/3 [00:20<00:41, 20.96s/prompt]"
     assert quiet.feed(bar) == bar  # not held back until the line ends
-    assert quiet.feed(NOTICES[7] + "\n") == ""
-    assert quiet.feed("next line\n") == "next line\n"
+    assert quiet.feed(NOTICES[7] + "\n") == "\n"  # the bar's line still ends
+    assert quiet.feed("Traceback (most recent call last):\n") == "Traceback (most recent call last):\n"
+
+
+def test_windows_line_ends_are_one_line_end_even_split_between_pieces():
+    text = NOTICES[3] + "\r\n  warnings.warn(\r\nkept\r\n"
+    assert shown(text) == shown(text, piece=len(NOTICES[3]) + 1) == "kept\r\n"
 
 
 def harness(*options):
@@ -87,5 +92,6 @@ def test_the_harness_is_quiet_unless_verbose_and_ends_with_its_summary(tmp_path)
     summary = quiet[quiet.index("Summary, stock / ours"):]
     assert re.search(r"^qwen2_moe\s+\d+\.\d+×.*3/3 prompts pass$", summary, re.M), summary
     assert "qwen2_moe/stock: starting" in quiet and "qwen2_moe/ours: done in" in quiet
+    assert re.search(r"qwen2_moe: 100%\|", quiet)  # the judge's progress bars still show
     loud = harness("--out", str(tmp_path / "verbose"), "--verbose")
     assert any("UserWarning: `do_sample` is set to `False`" in line for line in notices_in(loud))
