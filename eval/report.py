@@ -18,8 +18,9 @@ A result is a dict:
     pass_check          str    summary of the greedy-output check, e.g. "3/3 prompts match stock"
     predicted_prefill_s float  cost-model prediction of the Ascend prefill
     predicted_decode_s  float  cost-model prediction of the Ascend decode token
-    ascend_prefill_ops  float  launches of the prefill on the Ascend path (ours, ascend_mode; no Cast)
-    ascend_decode_ops   float  launches per decode token on the Ascend path (ours, ascend_mode; no Cast)
+    ascend_prefill_ops  float  launches of the prefill on the Ascend path (ours, ascend_mode: each fused
+                               kernel, linear and matmul one launch)
+    ascend_decode_ops   float  launches per decode token on the Ascend path (ours, ascend_mode, likewise)
 
 Every ratio is stock / ours, so above 1 means ours is better, as in the judge's scores.
 """

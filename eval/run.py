@@ -21,6 +21,7 @@ check's flow here).
 """
 import argparse
 import contextlib
+import importlib
 import json
 import os
 import sys
@@ -78,10 +79,9 @@ def run_child(args):
                          "put the patched tree first on PYTHONPATH, as test.sh does")
     mode = None
     with contextlib.ExitStack() as stack:
-        if args.family == "deepseek" and args.variant == "stock" and mindspore.get_context("device_target") == "CPU":
-            from deepseek_cpu_shims import stock_deepseek_on_cpu
-
-            stack.enter_context(stock_deepseek_on_cpu())  # see STOCK_ON_CPU_NOTE
+        if args.variant == "stock" and args.family in STOCK_ON_CPU and mindspore.get_context("device_target") == "CPU":
+            module_name, function = STOCK_ON_CPU[args.family][0].split(":")
+            stack.enter_context(getattr(importlib.import_module(module_name), function)())
         if args.as_ascend:
             from ascend_mode import AscendMode
 
@@ -122,9 +122,12 @@ def _measure(args, counters, judge, passcheck):
         json.dump(summary, f, indent=2)
 
 
-STOCK_ON_CPU_NOTE = {
-    "deepseek": "stock deepseek ran on the CPU with the three stand-ins of eval/deepseek_cpu_shims.py (its mask "
-                "fill value, bincount and scatter_add have no CPU kernel here); its arithmetic is unchanged",
+# Families whose stock needs stand-ins to run on the CPU backend: the eval/ module:function giving the
+# context the stock child runs in, and the report's note on it.
+STOCK_ON_CPU = {
+    "deepseek": ("deepseek_cpu_shims:stock_deepseek_on_cpu",
+                 "stock deepseek ran on the CPU with the three stand-ins of eval/deepseek_cpu_shims.py (its mask "
+                 "fill value, bincount and scatter_add have no CPU kernel here); its arithmetic is unchanged"),
 }
 
 
@@ -307,8 +310,8 @@ def main(argv=None):
         notes.append(f"{family}: {what}; ours is {ours['model_class']}"
                      + (" (stock served: no accelerated class, or it fell back for this config)"
                         if ours["ours_is_stock"] else ""))
-        if family in STOCK_ON_CPU_NOTE and stock["counts"] is not None:  # counted means it ran on the CPU
-            notes.append(f"{family}: {STOCK_ON_CPU_NOTE[family]}")
+        if family in STOCK_ON_CPU and stock["counts"] is not None:  # counted means it ran on the CPU
+            notes.append(f"{family}: {STOCK_ON_CPU[family][1]}")
     notes += add_predictions(rows, stock_counts) if stock_counts else [
         "No Ascend prediction: no stock run was counted (nothing is counted on a device, and a base without "
         "the family's stock has no stock run)"]

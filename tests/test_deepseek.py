@@ -143,6 +143,21 @@ def test_judge_prompts_equal_branch_stock(ours, stock_generate_calls, fixture_pa
         assert_same_generation(expected, got)
 
 
+@pytest.mark.skipif(STOCK is not None, reason="on a branch base the config class and base are stock's")
+def test_own_config_and_weight_init_on_a_base_without_deepseek():
+    make = Ours.config_class
+    config = make(vocab_size=64, hidden_size=16, intermediate_size=32, moe_intermediate_size=8, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=None, n_routed_experts=4, num_experts_per_tok=2,
+                  n_shared_experts=1, first_k_dense_replace=1, pad_token_id=0, initializer_range=0.5)
+    assert (config.num_key_value_heads, config.bos_token_id, config.eos_token_id) == (4, 100000, 100001)
+    assert config.tie_word_embeddings is False and config.rope_scaling is None and make().hidden_size == 4096
+    for bad in ({"type": "yarn", "factor": 2.0}, {"type": "linear", "factor": 2}, {"type": "linear"}):
+        with pytest.raises(ValueError, match="rope_scaling"):
+            make(rope_scaling=bad)
+    embed = Ours(config).model.embed_tokens.weight.asnumpy()
+    assert not embed[0].any() and 0.4 < embed[1:].std() < 0.6  # the padding row, normal(0, 0.5) elsewhere
+
+
 @pytest.mark.skipif(STOCK is not None, reason="on a branch base stock's own registration is tested")
 def test_registration_of_a_model_type_mindnlp_lacks_is_undone_and_redone():
     from mindnlp.transformers.models.auto.configuration_auto import CONFIG_MAPPING
