@@ -11,6 +11,10 @@
 Base selection (MINDNLP_BASE): a path to an existing clone of the 0.4 branch; "git" for a clone
 from the upstream host at MINDNLP_BASE_REF (default the contest's commit); "wheel" for a
 repository made from the mindnlp 0.4.1 wheel; "auto" (default) tries git, then the wheel.
+A patch marked `branch_only` in scripts/series.toml edits files only the 0.4 branch has (the janus
+package under llm/). Such patches come last. On a base without those files (the wheel) they cannot
+be made or applied: export keeps the committed ones in patches/ (checking their message and added
+lines against series.toml), and apply skips them, saying so.
 Standard library only, so it runs before the virtual environment exists.
 """
 import argparse
@@ -98,6 +102,12 @@ def load_series():
         for rel in files:
             claimed[rel] = patch["name"]
         patch["files"] = sorted(files)
+    flags = [bool(p.get("branch_only")) for p in patches]
+    if flags != sorted(flags):
+        raise SeriesError(f"{SERIES_FILE}: branch_only patches must come after every other patch")
+    for patch in patches:
+        if patch.get("branch_only") and not patch.get("edit"):
+            raise SeriesError(f"branch_only patch {patch['name']} edits no file of the branch")
     overlay = overlay_files()
     unclaimed = sorted(set(overlay) - set(claimed))
     if unclaimed:
@@ -124,6 +134,20 @@ def overlay_stamp(base):
             digest.update(f.read())
     digest.update(head(base).encode())
     return digest.hexdigest()[:16]
+
+
+def branch_only_files(patches):
+    return sorted({edit["file"] for p in patches if p.get("branch_only") for edit in p["edit"]})
+
+
+def has_branch_part(base, patches):
+    """Whether `base` has every file the branch-only patches edit (the 0.4 branch does)."""
+    return all(os.path.isfile(os.path.join(base, rel)) for rel in branch_only_files(patches))
+
+
+def patches_for(base, patches):
+    """The patches the fork of `base` holds: all of them, or the core ones where it lacks the branch's files."""
+    return [p for p in patches if not p.get("branch_only") or has_branch_part(base, patches)]
 
 
 # ---- base -----------------------------------------------------------------------------------
@@ -222,7 +246,7 @@ def base_from_wheel(dest):
 def build_fork(dest=FORK_DIR):
     """Clone the base into dest and commit the series onto it, one commit per patch."""
     base = base_dir()
-    patches = load_series()
+    patches = patches_for(base, load_series())
     shutil.rmtree(dest, ignore_errors=True)
     git("clone", "--quiet", "--no-hardlinks", base, dest)
     git("checkout", "--quiet", "--detach", head(base), cwd=dest)
@@ -258,12 +282,75 @@ def apply_edit(tree, edit, patch_name):
 
 
 def export(out_dir):
-    """Format the fork's series into out_dir (emptied first) and return the patch paths."""
+    """Format the fork's series into out_dir (emptied first): (the patch paths, the branch-only
+    patches this base cannot make, in series order)."""
     base = build_fork()
     shutil.rmtree(out_dir, ignore_errors=True)
     os.makedirs(out_dir)
     git("format-patch", *FORMAT_PATCH_FLAGS, "-o", out_dir, f"{head(base)}..HEAD", cwd=FORK_DIR)
-    return sorted(glob.glob(os.path.join(out_dir, "*.patch")))
+    patches = load_series()
+    return sorted(glob.glob(os.path.join(out_dir, "*.patch"))), patches[len(patches_for(base, patches)):]
+
+
+def export_to_patches_dir():
+    """Export into patches/, keeping the committed branch-only patches a base without the branch's
+    files cannot make (after checking them); the paths of every patch there."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths, unmade = export(tmp)
+        problems = branch_only_problems(unmade, len(paths), PATCHES_DIR)
+        if problems:
+            raise SeriesError(branch_only_message(problems))
+        kept = {os.path.basename(p): read_bytes(p) for p in committed_branch_only(unmade, len(paths), PATCHES_DIR)}
+        fresh = {os.path.basename(p): read_bytes(p) for p in paths}
+    shutil.rmtree(PATCHES_DIR, ignore_errors=True)
+    os.makedirs(PATCHES_DIR)
+    for name, data in {**fresh, **kept}.items():
+        with open(os.path.join(PATCHES_DIR, name), "wb") as f:
+            f.write(data)
+    if unmade:
+        say(f"kept {len(kept)} branch-only patch(es) as committed: this base lacks the branch's files")
+    return sorted(glob.glob(os.path.join(PATCHES_DIR, "*.patch")))
+
+
+def read_bytes(path):
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def committed_branch_only(unmade, made_count, committed_dir):
+    """The committed files of the branch-only patches numbered after the `made_count` made ones."""
+    found = []
+    for number in range(made_count + 1, made_count + len(unmade) + 1):
+        found += glob.glob(os.path.join(committed_dir, f"{number:04d}-*.patch"))
+    return sorted(found)
+
+
+def branch_only_problems(unmade, made_count, committed_dir):
+    """Check the committed branch-only patches against series.toml without the base to make them:
+    the subject, the body, and each edit's file and inserted line. (problem, file name) pairs."""
+    problems = []
+    for number, patch in enumerate(unmade, start=made_count + 1):
+        files = glob.glob(os.path.join(committed_dir, f"{number:04d}-*.patch"))
+        if len(files) != 1:
+            problems.append(("missing from patches/", f"{number:04d} ({patch['name']})"))
+            continue
+        with open(files[0], encoding="utf-8") as f:
+            text = f.read()
+        header = text.split("\n\n", 1)[0].replace("\n ", " ")
+        added = {line[1:] for line in text.splitlines() if line.startswith("+")}
+        expected = [f"Subject: {patch['subject'].strip()}" in header, patch["body"].strip() in text]
+        for edit in patch["edit"]:
+            expected.append(f"diff --git a/{edit['file']} b/{edit['file']}" in text)
+            expected.append(all(line in added for line in edit["insert"].rstrip("\n").splitlines()))
+        if not all(expected):
+            problems.append(("changed", os.path.basename(files[0])))
+    return problems
+
+
+def branch_only_message(problems):
+    return ("branch-only patches in patches/ do not match scripts/series.toml, and this base lacks the "
+            "branch's files to make them; run scripts/export.sh with MINDNLP_BASE at a checkout of the "
+            "0.4 branch.\n" + "\n".join(f"  {what}: {name}" for what, name in problems))
 
 
 def write_zip(patch_paths, zip_path):
@@ -279,13 +366,14 @@ def write_zip(patch_paths, zip_path):
     os.replace(tmp, zip_path)
 
 
-def stale_files(fresh_dir, committed_dir):
+def stale_files(fresh_dir, committed_dir, ignore=()):
     """How committed_dir's patches differ from a fresh export in fresh_dir: (problem, file name) pairs.
 
     A patch's name comes from its subject and its text holds the whole message, so an edited
     subject or body shows as "changed" or, when the name moves, as one missing and one stray file."""
     fresh = {os.path.basename(p): p for p in glob.glob(os.path.join(fresh_dir, "*.patch"))}
-    committed = {os.path.basename(p): p for p in glob.glob(os.path.join(committed_dir, "*.patch"))}
+    committed = {os.path.basename(p): p for p in glob.glob(os.path.join(committed_dir, "*.patch"))
+                 if os.path.basename(p) not in ignore}
     problems = [("missing from patches/", name) for name in sorted(set(fresh) - set(committed))]
     problems += [("not made by the series", name) for name in sorted(set(committed) - set(fresh))]
     for name in sorted(set(fresh) & set(committed)):
@@ -298,20 +386,33 @@ def stale_files(fresh_dir, committed_dir):
 # ---- applying -------------------------------------------------------------------------------
 
 def apply_series(dest, patches_dir=PATCHES_DIR):
-    """A fresh copy of the base at dest with every patch git-applied in order."""
+    """A fresh copy of the base at dest with every patch git-applied in order: the names of the
+    branch-only patches skipped because the base lacks the files they edit (none on the branch)."""
     base = base_dir()
     patch_paths = sorted(glob.glob(os.path.join(patches_dir, "*.patch")))
     if not patch_paths:
         raise SeriesError(f"no *.patch in {patches_dir}")
+    patches = load_series()
+    branch_files = set() if has_branch_part(base, patches) else set(branch_only_files(patches))
     shutil.rmtree(dest, ignore_errors=True)
     git("clone", "--quiet", base, dest)
     git("checkout", "--quiet", "--detach", head(base), cwd=dest)
+    skipped = []
     for path in patch_paths:
+        touched = files_touched(path)
+        if branch_files and touched and touched <= branch_files:
+            skipped.append(os.path.basename(path))
+            continue
         proc = git("apply", "--check", path, cwd=dest, check=False)
         if proc.returncode != 0:
             raise SeriesError(explain_apply_failure(path, proc.stderr))
         git("apply", path, cwd=dest)
-    return dest
+    return skipped
+
+
+def files_touched(patch_path):
+    with open(patch_path, encoding="utf-8", errors="replace") as f:
+        return {line.split(" b/", 1)[-1].strip() for line in f if line.startswith("diff --git ")}
 
 
 def explain_apply_failure(patch_path, stderr):
@@ -396,19 +497,27 @@ def main(argv=None):
             say(f"fork: {FORK_DIR} = {describe_base(base)} + {len(load_series())} commits")
         elif args.command == "export" and args.check:
             with tempfile.TemporaryDirectory() as tmp:
-                export(tmp)
-                problems = stale_files(tmp, PATCHES_DIR)
+                paths, unmade = export(tmp)
+                ignore = {os.path.basename(p) for p in committed_branch_only(unmade, len(paths), PATCHES_DIR)}
+                problems = stale_files(tmp, PATCHES_DIR, ignore)
+                branch_problems = branch_only_problems(unmade, len(paths), PATCHES_DIR)
+            if branch_problems:
+                raise SeriesError(branch_only_message(branch_problems))
             if problems:
                 raise SeriesError("patches/ is stale against mindnlp/ and scripts/series.toml; run "
                                   "scripts/export.sh.\n" + "\n".join(f"  {what}: {name}" for what, name in problems))
-            say("patches/ is up to date")
+            say("patches/ is up to date" + (f" ({len(unmade)} branch-only patch(es) checked against "
+                                             "series.toml only: this base lacks the branch's files)" if unmade else ""))
         elif args.command == "export":
-            paths = export(PATCHES_DIR)
+            paths = export_to_patches_dir()
             write_zip(paths, ZIP_PATH)
             say(f"exported {len(paths)} patches to patches/ and {os.path.basename(ZIP_PATH)}")
         elif args.command == "apply":
-            apply_series(os.path.abspath(args.dest), os.path.abspath(args.patches))
+            skipped = apply_series(os.path.abspath(args.dest), os.path.abspath(args.patches))
             say(f"applied {args.patches} onto a copy of {describe_base(base_dir())} at {args.dest}")
+            if skipped:
+                say(f"skipped {len(skipped)} branch-only patch(es), which edit files this base does not have "
+                    "(the 0.4 branch's llm/ tree): " + ", ".join(skipped))
         elif args.command == "patched":
             print(patched_tree())
     except SeriesError as err:

@@ -26,6 +26,7 @@ from ascend_mode import AscendMode
 from greedy_checks import FIXTURES, GREEDY, assert_same_generation, ids_of, launches_per_layer
 from mindnlp.accel import device
 from mindnlp.accel.layers import attention as attention_module
+from mindnlp.accel.models import janus_vision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F16, F32 = mindspore.float16, mindspore.float32
@@ -262,6 +263,23 @@ def test_llama_launches_per_layer_on_the_ascend_path(monkeypatch):
 NOT_ENTERED = {}
 
 
+def vision_tower_forward(dtype):
+    """Janus's SigLIP blocks at a small width (head_dim 64, as SigLIP-L has), kernels prepared as the
+    tower prepares them; returns the output."""
+    tower = janus_vision.SiglipViT(32, 16, 128, 1, 2, 256).to(dtype)
+    device.prepare_kernels(tower, dtype, 1)
+    return tower(tensor((1, 3, 32, 32), dtype))
+
+
+def test_the_fused_vision_attention_is_adopted_where_its_self_check_agrees(monkeypatch):
+    monkeypatch.setenv(device.INEXACT_ENV, "1")
+    with AscendMode() as mode:  # the mode starts and ends with no kernel decided
+        vision_tower_forward(F16)
+        decisions = device.decisions()
+    mode.assert_no_refusals()
+    assert decisions == {"vision_attention_fused/mindspore.float16/2x64": "fused"}
+
+
 def test_coverage_of_ascend_only_regions(monkeypatch):
     """Every Ascend-only region of mindnlp/accel runs when each model generates in the mode, with the
     default policy in fp32 and with every fused kernel admitted in fp16, or is named in NOT_ENTERED with
@@ -281,6 +299,13 @@ def test_coverage_of_ascend_only_regions(monkeypatch):
                 finally:
                     recorder.stop()
             mode.assert_no_refusals()
+        with AscendMode() as mode:
+            recorder.start()
+            try:
+                vision_tower_forward(dtype)
+            finally:
+                recorder.stop()
+        mode.assert_no_refusals()
     text, unexplained = ascend_coverage.report(regions, recorder.lines, NOT_ENTERED)
     out = os.path.join(ROOT, "eval_output")
     os.makedirs(out, exist_ok=True)

@@ -46,9 +46,10 @@ def git(repo, *args):
 def test_fork_has_one_commit_per_patch(project, base):
     proc = run_series(project, "fork", env=base_env(base))
     assert proc.returncode == 0, proc.stderr
-    import tomllib
-    with open(project / "scripts" / "series.toml", "rb") as f:
-        expected = [p["subject"] for p in tomllib.load(f)["patch"]]
+    patches = series_patches(project)
+    branch_files = {edit["file"] for p in patches if p.get("branch_only") for edit in p["edit"]}
+    has_branch = all(os.path.isfile(os.path.join(base, rel)) for rel in branch_files)
+    expected = [p["subject"] for p in patches if has_branch or not p.get("branch_only")]
     subjects = git(project / ".fork", "log", "--format=%s", "--reverse",
                    f"{git(base, 'rev-parse', 'HEAD').strip()}..HEAD").splitlines()
     assert subjects == expected
@@ -128,11 +129,12 @@ def test_stale_check_catches_an_edited_subject(project, base):
 def test_stale_check_catches_a_subject_edit_that_renames_the_patch(project, base):
     env = base_env(base)
     names = fresh_export(project, env)
-    subject = series_patches(project)[-1]["subject"]
+    index = len([p for p in series_patches(project) if not p.get("branch_only")]) - 1  # the last core patch
+    subject = series_patches(project)[index]["subject"]
     edit_series(project, f'subject = "{subject}"', f'subject = "Edited {subject}"')
     problems = stale_check_problems(project, env)
-    assert f"not made by the series: {names[-1]}" in problems
-    assert f"missing from patches/: {names[-1][:5]}Edited-" in " ".join(problems)
+    assert f"not made by the series: {names[index]}" in problems
+    assert f"missing from patches/: {names[index][:5]}Edited-" in " ".join(problems)
     assert len(problems) == 2
 
 
@@ -210,3 +212,89 @@ def test_base_where_a_patched_file_differs_names_patch_file_and_hunk(project, ba
     assert proc.returncode == 1
     assert "0001-" in proc.stderr
     assert "mindnlp/transformers/__init__.py" in proc.stderr and "hunk @@" in proc.stderr
+
+
+# ---- branch-only patches: they edit files only the 0.4 branch has (its llm/ tree) ----------------
+
+def branch_only(project):
+    return [p for p in series_patches(project) if p.get("branch_only")]
+
+
+def base_variant(base, dest, with_branch_files, patches):
+    """A clone of the shared base that has (or lacks) the files the branch-only patches edit. Files
+    added here hold only the lines the edits anchor on: enough for a patch to apply."""
+    clone = clone_base(base, dest)
+    files = sorted({edit["file"] for p in patches if p.get("branch_only") for edit in p["edit"]})
+    for rel in files:
+        path = clone / rel
+        if with_branch_files and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            anchors = [e["after"] for p in patches if p.get("branch_only") for e in p["edit"] if e["file"] == rel]
+            path.write_text("# stand-in\n" + "\n".join(anchors) + "\n")
+        elif not with_branch_files and path.exists():
+            path.unlink()
+    subprocess.run(["git", "add", "-A"], cwd=clone, check=True)
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "variant",
+                    "--allow-empty"], cwd=clone, check=True)
+    return clone
+
+
+def test_the_series_has_a_branch_only_part(project):
+    patches = series_patches(project)
+    assert branch_only(project) and patches[-1].get("branch_only")
+
+
+def test_a_branch_base_gets_every_patch(project, base, tmp_path):
+    patches = series_patches(project)
+    branch = base_variant(base, tmp_path / "branch", True, patches)
+    env = {"MINDNLP_BASE": str(branch)}
+    assert run_series(project, "export", env=env).returncode == 0
+    assert len(list((project / "patches").glob("*.patch"))) == len(patches)
+    dest = tmp_path / "applied"
+    proc = run_series(project, "apply", str(dest), env=env)
+    assert proc.returncode == 0 and "skipped" not in proc.stderr, proc.stderr
+    for patch in branch_only(project):
+        for edit in patch["edit"]:
+            assert edit["insert"] in (dest / edit["file"]).read_text()
+
+
+def test_a_base_without_the_branch_keeps_checks_and_skips_the_branch_only_patches(project, base, tmp_path):
+    patches = series_patches(project)
+    wheel_like = base_variant(base, tmp_path / "wheel", False, patches)
+    env = {"MINDNLP_BASE": str(wheel_like)}
+    kept = {p.name: p.read_bytes() for p in sorted((project / "patches").glob("*.patch"))[-len(branch_only(project)):]}
+    assert run_series(project, "export", env=env).returncode == 0
+    assert {name: (project / "patches" / name).read_bytes() for name in kept} == kept
+    proc = run_series(project, "export", "--check", env=env)
+    assert proc.returncode == 0 and "checked against series.toml only" in proc.stderr, proc.stderr
+    proc = run_series(project, "apply", str(tmp_path / "applied"), env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "skipped" in proc.stderr and all(name in proc.stderr for name in kept)
+
+
+def test_a_stale_branch_only_patch_is_caught_without_the_branch(project, base, tmp_path):
+    patches = series_patches(project)
+    env = {"MINDNLP_BASE": str(base_variant(base, tmp_path / "wheel", False, patches))}
+    insert = branch_only(project)[0]["edit"][0]["insert"]
+    edit_series(project, f'insert = "{insert}"', f'insert = "{insert}  # edited"')
+    proc = run_series(project, "export", "--check", env=env)
+    assert proc.returncode == 1 and "branch-only patches in patches/ do not match" in proc.stderr
+    assert "changed: " + sorted(p.name for p in (project / "patches").glob("*.patch"))[-1] in proc.stderr
+
+
+def test_a_missing_branch_only_patch_cannot_be_exported_without_the_branch(project, base, tmp_path):
+    patches = series_patches(project)
+    env = {"MINDNLP_BASE": str(base_variant(base, tmp_path / "wheel", False, patches))}
+    sorted((project / "patches").glob("*.patch"))[-1].unlink()
+    proc = run_series(project, "export", env=env)
+    assert proc.returncode == 1 and "missing from patches/" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_branch_only_patches_must_come_last(project, base):
+    text = (project / "scripts" / "series.toml").read_text(encoding="utf-8")
+    first = text.index("[[patch]]")
+    (project / "scripts" / "series.toml").write_text(
+        text[:first] + '[[patch]]\nname = "early"\nbranch_only = true\nsubject = "s"\nbody = "b"\n'
+        '[[patch.edit]]\nfile = "llm/x.py"\nafter = "a"\ninsert = "b"\n\n' + text[first:], encoding="utf-8")
+    proc = run_series(project, "fork", env=base_env(base))
+    assert proc.returncode == 1 and "must come after every other patch" in proc.stderr

@@ -269,23 +269,31 @@ class StackedCheckpointMixin:
 
     @classmethod
     def _load_pretrained_model(cls, model, state_dict, loaded_keys, *args, **kwargs):
-        if kwargs.get("low_cpu_mem_usage") or kwargs.get("device_map") is not None:
-            # that loader assigns only names found in state_dict(), which would skip every slot
-            raise ValueError(f"{cls.__name__} loads stacked expert weights without "
-                             "low_cpu_mem_usage or device_map; leave both unset")
-        # Stock loads a checkpoint saved without the base model's prefix into the base model.
-        base = cls.base_model_prefix
-        root = model
-        if base and hasattr(model, base) and not any(key.startswith(base) for key in loaded_keys):
-            root = getattr(model, base)
-        names = model_keys_of_checkpoint(root, loaded_keys)
-        result = super()._load_pretrained_model(model, state_dict, names, *args, **kwargs)
-        missing_keys = result[1]  # stock returns (model, missing_keys, unexpected_keys, ...)
-        slot_params = set(_slot_params(root))  # missing slot parameters are named by their unfilled slots
-        check_complete(root, [key for key in missing_keys if key not in slot_params])
-        return result
+        return load_with_slots(super()._load_pretrained_model, cls, model, state_dict, loaded_keys, *args, **kwargs)
 
     def save_pretrained(self, save_directory, *args, state_dict=None, **kwargs):
         if state_dict is None:
             state_dict = hf_state_dict(self)
         return super().save_pretrained(save_directory, *args, state_dict=state_dict, **kwargs)
+
+
+def load_with_slots(stock_load, cls, model, state_dict, loaded_keys, *args, all_required=True, **kwargs):
+    """StackedCheckpointMixin's loading around `stock_load` (a PreTrainedModel's bound
+    _load_pretrained_model), also for a stock model class that holds slot-loaded layers as
+    submodules (Janus's MultiModalityCausalLM holding our Llama). all_required=False: only an
+    unfilled slot is an error; other missing weights get stock's warning, as stock's class has it."""
+    if kwargs.get("low_cpu_mem_usage") or kwargs.get("device_map") is not None:
+        # that loader assigns only names found in state_dict(), which would skip every slot
+        raise ValueError(f"{cls.__name__} loads stacked expert weights without "
+                         "low_cpu_mem_usage or device_map; leave both unset")
+    # Stock loads a checkpoint saved without the base model's prefix into the base model.
+    base = cls.base_model_prefix
+    root = model
+    if base and hasattr(model, base) and not any(key.startswith(base) for key in loaded_keys):
+        root = getattr(model, base)
+    names = model_keys_of_checkpoint(root, loaded_keys)
+    result = stock_load(model, state_dict, names, *args, **kwargs)
+    missing_keys = result[1]  # stock returns (model, missing_keys, unexpected_keys, ...)
+    slot_params = set(_slot_params(root))  # missing slot parameters are named by their unfilled slots
+    check_complete(root, [key for key in missing_keys if key not in slot_params] if all_required else [])
+    return result

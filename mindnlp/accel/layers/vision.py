@@ -1,0 +1,121 @@
+"""A pre-LN vision transformer block (ViT / SigLIP) with the arithmetic of timm-style stock code.
+
+Stock (Janus's SigLIP tower) runs, per block: LayerNorm, the qkv Linear, q and k^T each divided by
+sqrt(sqrt(head_dim)) computed as a 0-d tensor in the activation dtype (2.828125 in bf16 and fp16
+for head_dim 64, not 2.8284271), q @ k^T, a softmax in the activation dtype (no fp32 upcast), @ v,
+the output Linear, the residual add, LayerNorm, fc1, exact GELU, fc2 and the residual add. The
+portable path here is that sequence with q and k divided in one launch (the same elementwise
+quotients) and the divisor made once per dtype instead of two sqrt launches and a host tensor per
+call. On Ascend, flash_attention_score over the pre-scaled q and k (scale 1) computes the softmax
+in fp32 inside the kernel, which is not bit-identical to stock's bf16 softmax: device.choose admits
+it only with MINDNLP_ACCEL_INEXACT=1 and after its self-check agrees.
+"""
+from typing import Dict
+
+import mindspore
+from mindspore import Tensor
+from mindnlp.core import nn, ops
+from mindnlp.core.nn import functional as F
+
+from .. import device
+from .linear import Linear
+from .primitives import batch_matmul, divide, softmax_last
+
+FUSED_ATOL = 2e-2
+FUSED_RTOL = 2e-2
+
+
+def stock_qk_divisor(head_dim: int, dtype) -> float:
+    """sqrt(sqrt(head_dim)) as stock computes it: two sqrt launches on a 0-d tensor of `dtype`
+    (one host read, once per head_dim and dtype)."""
+    key = (head_dim, dtype)
+    if key not in _DIVISORS:
+        _DIVISORS[key] = float(ops.sqrt(ops.sqrt(Tensor(head_dim, dtype=dtype))).astype(mindspore.float32).asnumpy())
+    return _DIVISORS[key]
+
+
+_DIVISORS: Dict[tuple, float] = {}
+
+
+def vision_attention_eager(qkv, divisor: float):
+    """qkv [3, B, H, N, D] (q, k, v) -> [B, H, N, D]: stock's scaled_dot_product_attention without a
+    mask, q and k divided in one launch."""
+    if device.pyboost():
+        qk = qkv[:2] / Tensor(divisor, dtype=qkv.dtype)  # stock divides by a 0-d tensor on this path
+    else:
+        qk = divide(qkv[:2], divisor)
+    probs = softmax_last(batch_matmul(qk[0], qk[1].swapaxes(-2, -1)))
+    return batch_matmul(probs, qkv[2])
+
+
+def vision_attention_fused(qkv, divisor: float):
+    """Ascend FlashAttentionScore over q and k pre-scaled as stock scales them, BNSD, no mask."""
+    qk = qkv[:2] / Tensor(divisor, dtype=qkv.dtype)
+    return mindspore.ops.flash_attention_score(qk[0], qk[1], qkv[2], qkv.shape[2], scalar_value=1.0,
+                                               input_layout="BNSD")
+
+
+def choose_vision_attention(heads: int, dim: int, dtype):
+    """The fused kernel where its documented constraints fit and device.choose accepts it, else the
+    eager path (see the module docstring)."""
+    if not device.fused_enabled() or dtype not in (mindspore.float16, mindspore.bfloat16) or dim % 16:
+        return vision_attention_eager
+    divisor = stock_qk_divisor(dim, dtype)
+
+    def inputs():
+        return ops.randn(3, 1, heads, 64, dim).to(dtype), divisor
+    return device.choose(f"vision_attention_fused/{dtype}/{heads}x{dim}", vision_attention_fused,
+                         vision_attention_eager, inputs, atol=FUSED_ATOL, rtol=FUSED_RTOL)
+
+
+class VisionAttention(nn.Module):
+    """Bidirectional multi-head attention; checkpoint names `qkv` ([3 * dim, dim], rows q; k; v) and
+    `proj`, as timm's Attention has them."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not a multiple of the {num_heads} heads")
+        self.num_heads, self.head_dim = num_heads, dim // num_heads
+        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = Linear(dim, dim)
+        self._kernels = {}  # dtype -> attention kernel (prepare_kernels)
+
+    def prepare_kernels(self, dtype, batch_size: int) -> None:
+        if dtype not in self._kernels:
+            stock_qk_divisor(self.head_dim, dtype)
+            self._kernels[dtype] = choose_vision_attention(self.num_heads, self.head_dim, dtype)
+
+    def forward(self, x):
+        batch, tokens, width = x.shape
+        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        kernel = self._kernels.get(x.dtype, vision_attention_eager)
+        out = kernel(qkv, stock_qk_divisor(self.head_dim, x.dtype))
+        return self.proj(out.swapaxes(1, 2).reshape(batch, tokens, width))
+
+
+class GeluMLP(nn.Module):
+    """fc2(gelu(fc1(x))) with exact (erf) GELU; checkpoint names fc1 and fc2."""
+
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1 = Linear(dim, hidden)
+        self.fc2 = Linear(hidden, dim)
+
+    def forward(self, x):
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class VisionBlock(nn.Module):
+    """x + attn(norm1(x)), then + mlp(norm2(x)); LayerNorm is mindnlp's, the module stock uses."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, eps: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = VisionAttention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = GeluMLP(dim, mlp_hidden)
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))

@@ -1,0 +1,162 @@
+"""Janus-Pro's image side: the SigLIP-L/16 tower and the MLP aligner, on the shared vision layers.
+
+Checkpoint names are those of Janus's own modules (`vision_model.vision_tower.blocks.N.attn.qkv`,
+`aligner.layers.0` ...), so `from_pretrained` loads a Janus checkpoint into these unchanged. The
+tower's attention pooling head (`attn_pool`) is built, loaded and never run by stock
+(ignore_head); it is not built here, and its checkpoint tensors are reported as unused.
+The patch embedding stays stock's Conv2d (kernel = stride = 16): as a matmul it would take as many
+launches (a copy to gather the patches, then the matmul) and sum each patch in another order.
+"""
+import atexit
+import warnings
+from typing import Optional
+
+import mindspore
+from mindnlp.core import nn, ops
+
+from .. import device
+from ..layers.linear import Linear
+from ..layers.vision import VisionBlock
+
+# siglip_large_patch16_384, the only tower Janus-Pro uses (Janus fixes it by model name).
+SIGLIP_LARGE = dict(width=1024, layers=24, heads=16, patch=16, mlp_ratio=4)
+SIGLIP_LARGE_NAME = "siglip_large_patch16_384"
+LAYER_NORM_EPS = 1e-6
+
+
+class PatchEmbed(nn.Module):
+    """[B, 3, H, W] -> [B, (H / p) * (W / p), width] by stock's Conv2d, flattened as stock does."""
+
+    def __init__(self, patch: int, width: int):
+        super().__init__()
+        self.proj = nn.Conv2d(3, width, kernel_size=patch, stride=patch, bias=True)
+
+    def forward(self, x):
+        return self.proj(x).flatten(start_dim=2).swapaxes(1, 2)
+
+
+class SiglipViT(nn.Module):
+    """Patch embedding + position embedding, `depth` pre-LN blocks, the final LayerNorm."""
+
+    def __init__(self, image_size: int, patch: int, width: int, depth: int, heads: int, mlp_hidden: int):
+        super().__init__()
+        if image_size % patch:
+            raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
+        self.patch_embed = PatchEmbed(patch, width)
+        self.pos_embed = nn.Parameter(ops.zeros(1, (image_size // patch) ** 2, width))
+        self.blocks = nn.ModuleList([VisionBlock(width, heads, mlp_hidden, LAYER_NORM_EPS) for _ in range(depth)])
+        self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
+
+    def forward(self, images):
+        x = self.patch_embed(images) + self.pos_embed
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)
+
+
+class SiglipVisionTower(nn.Module):
+    """Stands in for Janus's CLIPVisionTower with a SigLIP model: images [B, 3, H, W] -> [B, patches, width]."""
+
+    def __init__(self, image_size: int, depth: int):
+        super().__init__()
+        cfg = SIGLIP_LARGE
+        self.vision_tower = SiglipViT(image_size, cfg["patch"], cfg["width"], depth, cfg["heads"],
+                                      cfg["width"] * cfg["mlp_ratio"])
+
+    def forward(self, images):
+        device.prepare_kernels(self, images.dtype, images.shape[0])
+        return self.vision_tower(images)
+
+
+def siglip_depth(select_layer: int) -> int:
+    """The blocks Janus keeps: all but the last -select_layer - 1 for select_layer <= 0, else
+    select_layer of them (at most the model's 24)."""
+    layers = SIGLIP_LARGE["layers"]
+    return min(layers, layers + select_layer + 1) if select_layer <= 0 else min(layers, select_layer)
+
+
+def tower_unsupported(params: dict) -> Optional[str]:
+    """Why ours cannot stand in for CLIPVisionTower(**params), or None."""
+    if params.get("model_name", "siglip_large_patch16_384") != SIGLIP_LARGE_NAME:
+        return f"vision model {params.get('model_name')!r} (only {SIGLIP_LARGE_NAME} is implemented)"
+    if params.get("pixel_mean") is not None and params.get("pixel_std") is not None:
+        return "pixel_mean/pixel_std normalisation inside the tower"
+    if params.get("select_layers") is not None:
+        return "select_layers"
+    if params.get("ckpt_path"):
+        return "ckpt_path"
+    extra = set(params) - {"model_name", "image_size", "select_feature", "select_layer", "select_layers",
+                           "ckpt_path", "pixel_mean", "pixel_std", "ignore_head", "weight_init"}
+    if extra:
+        return f"tower parameters {sorted(extra)}"
+    if not params.get("ignore_head", True):
+        return "ignore_head False (the attention-pooling head run)"
+    if params.get("image_size", 336) % SIGLIP_LARGE["patch"]:
+        return f"image size {params.get('image_size', 336)}"
+    return None
+
+
+def build_tower(**params) -> SiglipVisionTower:
+    """Ours from CLIPVisionTower's keyword parameters (check tower_unsupported first). A SigLIP tower
+    returns every patch ("same" features) whatever select_feature says, as stock's does."""
+    return SiglipVisionTower(params.get("image_size", 336), siglip_depth(params.get("select_layer", -2)))
+
+
+class DeferredFiniteCheck:
+    """Stock's aligner checks its input for inf and nan (after a cast to fp16) on every call and prints
+    when it finds one; the output does not depend on it. Kept here as a warning with the same
+    meaning, but the flags are read on the host only at the next call or at exit, when the device
+    has long finished them: the call itself never waits for the device."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self._pending = []
+        atexit.register(self.report)
+
+    def __call__(self, x) -> None:
+        self.report()
+        half = x.astype(mindspore.float16)
+        self._pending.append(ops.stack((mindspore.ops.isinf(half).any(), mindspore.ops.isnan(half).any())))
+
+    def report(self) -> None:
+        pending, self._pending = self._pending, []
+        for flags in pending:
+            has_inf, has_nan = (bool(v) for v in flags.asnumpy())
+            for found, what in ((has_inf, "inf"), (has_nan, "nan")):
+                if found:
+                    warnings.warn(f"mindnlp.accel: {self.label} input has {what} (as fp16)", RuntimeWarning)
+
+
+ALIGNER_CHECK = DeferredFiniteCheck("Janus aligner (MlpProjector)")
+
+
+class MlpGeluAligner(nn.Module):
+    """Janus's MlpProjector of type mlp_gelu: Linear, then (GELU, Linear) depth - 1 times; names
+    layers.0, layers.2 ... as stock's Sequential has them."""
+
+    def __init__(self, input_dim: int, n_embed: int, depth: int):
+        super().__init__()
+        modules = [Linear(input_dim, n_embed)]
+        for _ in range(1, depth):
+            modules += [nn.GELU(), Linear(n_embed, n_embed)]
+        self.layers = nn.ModuleList(modules)
+
+    def forward(self, x):
+        ALIGNER_CHECK(x)
+        device.prepare_kernels(self, x.dtype, x.shape[0])
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def aligner_unsupported(cfg) -> Optional[str]:
+    """Why ours cannot stand in for MlpProjector(cfg), or None."""
+    if cfg.get("projector_type") != "mlp_gelu":
+        return f"projector type {cfg.get('projector_type')!r} (only mlp_gelu is implemented)"
+    if cfg.get("depth", 1) < 1:
+        return f"projector depth {cfg.get('depth')}"
+    return None
+
+
+def build_aligner(cfg) -> MlpGeluAligner:
+    return MlpGeluAligner(cfg["input_dim"], cfg["n_embed"], cfg.get("depth", 1))
