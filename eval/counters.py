@@ -444,11 +444,13 @@ def _marking(model, method_name, region):
             delattr(model, method_name)
 
 
-def count_generate(model, generate_kwargs, step_method="forward"):
-    """Counts of one `model.generate(**generate_kwargs)`; one step per call of `step_method`."""
+def count_generate(model, generate_kwargs, step_method="forward", prepare=None):
+    """Counts of one `model.generate(**generate_kwargs)`; one step per call of `step_method`.
+    prepare: called first, inside the counted region, for more generate kwargs; its launches and
+    syncs count as prefill (Janus's processor, vision tower and merge)."""
     with count_region() as region:
         with _marking(model, step_method, region) as calls:
-            model.generate(**generate_kwargs)
+            model.generate(**generate_kwargs, **(prepare() if prepare is not None else {}))
     if not calls:
         raise RuntimeError(
             f"generate() never called {type(model).__name__}.{step_method}: pass the method each step runs"

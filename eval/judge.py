@@ -11,16 +11,20 @@ Per model: a warm-up, then for every prompt
 Every generate call is greedy: do_sample=False, use_cache=True, return_dict_in_generate=True,
 output_logits=True. The per-step logits, token ids and text are kept for the pass check.
 
-The llama family stands for Janus-Pro's language model and is driven as Janus drives it:
+The janus family is Janus-Pro end to end, as the judge's script runs it (eval/janus_driver.py):
+the processor, prepare_inputs_embeds and language_model.generate, all inside the timed region; its
+stock is the same janus code with MINDNLP_ACCEL=0. It needs the branch's janus package. The llama
+family stands for Janus-Pro's language model alone, on any base, driven as Janus drives it:
 embeddings from model.get_input_embeddings()(input_ids), then generate(inputs_embeds=...,
-attention_mask=...). Its SigLIP tower is out of scope here: the 576 image positions are the
-<image_placeholder> token's embedding.
+attention_mask=...), with the 576 image positions holding the <image_placeholder> token's embedding.
+For the vision families the processor's share of prefill is timed on its own (processor_s).
 """
 import importlib
 import importlib.util
 import json
 import os
 import resource
+import tempfile
 import time
 from dataclasses import dataclass
 
@@ -28,16 +32,19 @@ import numpy as np
 from tqdm import tqdm
 
 import demo_images
+import janus_driver
 
-FAMILY_MODEL_TYPES = {"qwen2_moe": "qwen2_moe", "deepseek": "deepseek", "qwen2_vl": "qwen2_vl", "llama": "llama"}
+FAMILY_MODEL_TYPES = {"qwen2_moe": "qwen2_moe", "deepseek": "deepseek", "qwen2_vl": "qwen2_vl", "llama": "llama",
+                      "janus": "multi_modality"}
 STOCK_CLASSES = {
     "qwen2_moe": ("mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe", "Qwen2MoeForCausalLM"),
     "deepseek": ("mindnlp.transformers.models.deepseek.modeling_deepseek", "DeepseekForCausalLM"),
     "qwen2_vl": ("mindnlp.transformers.models.qwen2_vl.modeling_qwen2_vl", "Qwen2VLForConditionalGeneration"),
     "llama": ("mindnlp.transformers.models.llama.modeling_llama", "LlamaForCausalLM"),
+    "janus": ("janus.models.modeling_vlm", "MultiModalityCausalLM"),
 }
 MOE_FAMILIES = ("qwen2_moe", "deepseek")
-VISION_FAMILIES = ("qwen2_vl", "llama")
+VISION_FAMILIES = ("qwen2_vl", "llama", "janus")
 VARIANTS = ("stock", "ours")
 
 SYSTEM_PROMPT = "You are a helpful assistant."
@@ -151,7 +158,8 @@ def check_model_dir(family, path):
         if not os.path.isfile(shard_path):
             raise FixtureError(f"{path}: weight file {shard} is missing (partial model directory)")
         _check_safetensors(shard_path)
-    required = ["tokenizer_config.json"] + (["preprocessor_config.json"] if family == "qwen2_vl" else [])
+    required = ["tokenizer_config.json"] + (["preprocessor_config.json"] if family in ("qwen2_vl", "janus") else [])
+    required += ["processor_config.json"] if family == "janus" else []
     missing = [name for name in required if not os.path.isfile(os.path.join(path, name))]
     if missing:
         raise FixtureError(f"{path}: missing {', '.join(missing)} (partial model directory)")
@@ -164,6 +172,8 @@ def stock_available(family):
     spec = importlib.util.find_spec("mindnlp")
     if spec is None or not spec.submodule_search_locations:
         raise FixtureError("mindnlp is not importable here")
+    if family == "janus":
+        return janus_driver.janus_dir() is not None
     module_path = STOCK_CLASSES[family][0].split(".")[1:]
     return os.path.isfile(os.path.join(spec.submodule_search_locations[0], *module_path) + ".py")
 
@@ -210,6 +220,8 @@ def load(family, path, variant, dtype=None):
     if variant not in VARIANTS:
         raise FixtureError(f"unknown variant {variant!r}; known: {VARIANTS}")
     check_model_dir(family, path)
+    if family == "janus":
+        return _load_janus(path, variant, dtype)
     from mindnlp.transformers import AutoProcessor, AutoTokenizer
 
     # ours needs no stock class where this mindnlp has none (deepseek on the wheel)
@@ -223,6 +235,27 @@ def load(family, path, variant, dtype=None):
     load_s = time.perf_counter() - start
     ran = type(model)
     return Loaded(family, variant, path, model, processor, f"{ran.__module__}.{ran.__qualname__}", ran is stock, load_s)
+
+
+def _load_janus(path, variant, dtype):
+    """Janus as the judge loads it. Stock and ours are the same janus code: stock is what runs with
+    MINDNLP_ACCEL=0 (read when mindnlp.transformers is imported), so the variant must agree with it."""
+    from mindnlp.accel import enabled
+
+    if enabled() != (variant == "ours"):
+        raise FixtureError(f"janus/{variant} needs MINDNLP_ACCEL={'1' if variant == 'ours' else '0'} in the "
+                           "environment before mindnlp is imported")
+    start = time.perf_counter()
+    model, processor = janus_driver.load(path, dtype or default_dtype())
+    load_s = time.perf_counter() - start
+    served = janus_driver.served(model)
+    stock = not served["language"].startswith("mindnlp.accel") and not served["vision"].startswith("mindnlp.accel")
+    return Loaded("janus", variant, path, model, processor, f"{served['vision']} + {served['language']}", stock, load_s)
+
+
+def generator(family, model):
+    """The module whose generate() the judge calls: Janus's language model, else the model."""
+    return model.language_model if family == "janus" else model
 
 
 def _synchronize():
@@ -293,27 +326,51 @@ def _load_images(images):
     return loaded
 
 
+def _image_files(images):
+    """name -> image file path (janus opens the files itself, inside the timed region): the given
+    paths, or the demo drawings written once to a temporary directory."""
+    if images is not None:
+        for name, image in images.items():
+            if not isinstance(image, (str, os.PathLike)) or not os.path.isfile(image):
+                raise FixtureError(f"image {name!r}: janus needs an image file, got {image!r}")
+        return dict(images)
+    folder = tempfile.mkdtemp(prefix="janus-images-")
+    paths = {}
+    for name, draw in demo_images.DEMO_IMAGES.items():
+        paths[name] = os.path.join(folder, f"{name}.png")
+        draw().save(paths[name])
+    return paths
+
+
 def prompt_cases(family, images):
     """(name, prepare) per prompt; prepare() builds the generate() inputs and runs in the timed region."""
     if family in MOE_FAMILIES:
         return [(name, {"messages": [{"role": "system", "content": SYSTEM_PROMPT},
                                      {"role": "user", "content": text}]}) for name, text in MOE_PROMPTS]
-    pictures = _load_images(images)
+    pictures = _image_files(images) if family == "janus" else _load_images(images)
     missing = sorted({image for _, image, _ in VISION_PROMPTS} - set(pictures))
     if missing:
         raise FixtureError(f"{family}: no image given for {', '.join(missing)}")
     return [(name, {"image": pictures[image], "question": question}) for name, image, question in VISION_PROMPTS]
 
 
-def prepare_inputs(family, model, processor, case):
-    """Inputs for model.generate for one prompt."""
+def prepare_inputs(family, model, processor, case, timings=None):
+    """Inputs for generate() of generator(family, model) for one prompt; for the vision families
+    timings["processor_s"] gets the processor's time (synchronised) when timings is given."""
+    if family == "janus":
+        return janus_driver.prepare(model, processor, case["image"], case["question"], timings)
     if family in MOE_FAMILIES:
         return dict(processor.apply_chat_template(case["messages"], add_generation_prompt=True,
                                                   return_dict=True, return_tensors="ms"))
     if family == "qwen2_vl":
         messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": case["question"]}]}]
         text = processor.apply_chat_template(messages, add_generation_prompt=True)
-        return dict(processor(text=[text], images=[case["image"]], padding=True, return_tensors="ms"))
+        start = time.perf_counter()
+        inputs = dict(processor(text=[text], images=[case["image"]], padding=True, return_tensors="ms"))
+        if timings is not None:
+            _synchronize()
+            timings["processor_s"] = time.perf_counter() - start
+        return inputs
     tokenizer = processor
     messages = [{"role": "system", "content": JANUS_SYSTEM_PROMPT},
                 {"role": "user", "content": f"{JANUS_IMAGE_TAG}\n{case['question']}"}]
@@ -326,12 +383,12 @@ def prepare_inputs(family, model, processor, case):
             "eos_token_id": tokenizer.eos_token_id}
 
 
-def _timed_generate(family, model, processor, case, max_new_tokens):
+def _timed_generate(family, model, processor, case, max_new_tokens, timings=None):
     """(seconds, generate output, inputs) for one whole call, synchronised on both sides."""
     _synchronize()
     start = time.perf_counter()
-    inputs = prepare_inputs(family, model, processor, case)
-    output = model.generate(**inputs, **GENERATE_KWARGS, max_new_tokens=max_new_tokens)
+    inputs = prepare_inputs(family, model, processor, case, timings)
+    output = generator(family, model).generate(**inputs, **GENERATE_KWARGS, max_new_tokens=max_new_tokens)
     _synchronize()
     return time.perf_counter() - start, output, inputs
 
@@ -373,7 +430,8 @@ def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=
         phase_start = _status_bytes("VmRSS")
         prompts = []
         for name, case in tqdm(cases, desc=family, unit="prompt"):
-            prefill_s, _, _ = _timed_generate(family, model, processor, case, 1)
+            timings = {}
+            prefill_s, _, _ = _timed_generate(family, model, processor, case, 1, timings)
             e2e_s, output, inputs = _timed_generate(family, model, processor, case, max_new_tokens)
             ids, logits = _new_tokens(output)
             if not ids:
@@ -384,9 +442,10 @@ def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=
                 "prompt_tokens": _prompt_length(inputs),
                 "new_tokens": len(ids),
                 "ids": ids,
-                "text": processor.decode(ids, skip_special_tokens=True),
+                "text": getattr(processor, "tokenizer", processor).decode(ids, skip_special_tokens=True),
                 "logits": logits,
                 "prefill_s": prefill_s,
+                "processor_s": timings.get("processor_s"),
                 "e2e_s": e2e_s,
                 "decode_per_token_s": body / len(ids),
             })
@@ -400,6 +459,8 @@ def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=
         "warmup_s": warmup_s,
         "prompts": prompts,
         "prefill_s": float(np.mean([p["prefill_s"] for p in prompts])),
+        "processor_s": float(np.mean([p["processor_s"] for p in prompts])) if prompts[0]["processor_s"] is not None
+        else None,
         "decode_per_token_s": float(np.mean([p["decode_per_token_s"] for p in prompts])),
         "memory": memory,
     }

@@ -1,6 +1,6 @@
 """Evaluate stock against ours as the judge does, one family at a time, and write the report.
 
-    python eval/run.py [--families qwen2_moe,deepseek,qwen2_vl,llama] [--size topology] [--llm-dir llm]
+    python eval/run.py [--families qwen2_moe,deepseek,qwen2_vl,llama,janus] [--size topology] [--llm-dir llm]
                        [--model-path FAMILY=DIR ...] [--image cat=PATH --image man=PATH]
                        [--max-new-tokens 50] [--count-tokens 8] [--out eval_output] [--as-ascend] [--verbose]
 
@@ -9,6 +9,9 @@ first and its texts and logits become the target ours must match. A family uses 
 when --model-path names them or download.sh laid them under --llm-dir, else its generated
 fixture of --size. A family whose stock class this mindnlp lacks (deepseek on the 0.4.1 wheel) runs
 ours alone, without a pass check; stock deepseek runs on the CPU with eval/deepseek_cpu_shims.py.
+The janus family (Janus-Pro end to end) needs the branch's janus package and is skipped, with a
+note, on a base without it; its stock child runs with MINDNLP_ACCEL=0, and both are built on the
+CPU with eval/janus_cpu_shims.py (janus's unused VQ model calls mint.norm when built).
 Outputs: eval_output/<family>/<variant>.json, target/ and candidate/ logits,
 report.md and charts.
 
@@ -31,10 +34,10 @@ import console
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-DEFAULT_FAMILIES = ("qwen2_moe", "deepseek", "qwen2_vl", "llama")
+DEFAULT_FAMILIES = ("qwen2_moe", "deepseek", "qwen2_vl", "llama", "janus")
 # download.sh's directory names under llm/, per family.
 LLM_DIRS = {"qwen2_moe": "Qwen1.5-MoE-A2.7B-Chat", "deepseek": "deepseek-moe-16b-chat",
-            "qwen2_vl": "Qwen2-VL-2B-Instruct", "llama": "Janus-Pro-7B"}
+            "qwen2_vl": "Qwen2-VL-2B-Instruct", "llama": "Janus-Pro-7B", "janus": "Janus-Pro-7B"}
 
 
 def resolve_model(family, args):
@@ -58,12 +61,21 @@ def resolve_model(family, args):
                                  "language_model/ directory in Hugging Face Llama layout; none found")
             downloaded = language_model
         return downloaded, f"weights at {downloaded}"
+    if family == "janus":
+        import janus_fixture
+
+        depth = janus_fixture.DEPTHS[args.size]
+        path = janus_fixture.ensure(args.size, depth, os.path.join(ROOT, "eval_cache", "fixtures"))
+        return path, (f"generated {args.size} fixture (seeded random weights; the llama {args.size} LM, a SigLIP "
+                      f"tower of the real width with {depth} of its 24 blocks)")
     path = fixtures.ensure(family, args.size, os.path.join(ROOT, "eval_cache", "fixtures"))
     return path, f"generated {args.size} fixture (seeded random weights)"
 
 
 def run_child(args):
     """One (family, variant): the judge's protocol, then counted generate; writes <variant>.json."""
+    if args.family == "janus":  # stock janus is the same code without accel, read at mindnlp's import
+        os.environ["MINDNLP_ACCEL"] = "0" if args.variant == "stock" else "1"
     import mindspore
 
     if mindspore.get_context("device_target") == "CPU":
@@ -112,8 +124,8 @@ def _measure(args, counters, judge, passcheck):
     out_dir = os.path.join(args.out, args.family)
     passcheck.save_target(run, os.path.join(out_dir, "target" if args.variant == "stock" else "candidate"))
     summary = {key: run[key] for key in ("family", "model_class", "max_new_tokens", "decode_rule",
-                                         "warmup_s", "prefill_s", "decode_per_token_s", "memory")}
-    summary.update(variant=args.variant, path=args.path, load_s=loaded.load_s,
+                                         "warmup_s", "prefill_s", "processor_s", "decode_per_token_s", "memory")}
+    summary.update(model_class=loaded.model_class, variant=args.variant, path=args.path, load_s=loaded.load_s,
                    device_target=mindspore.get_context("device_target"),
                    ours_is_stock=loaded.ours_is_stock, counts=counts and counts.to_dict(), ascend_counts=ascend_counts,
                    kernel_decisions=kernel_decisions,
@@ -128,14 +140,18 @@ STOCK_ON_CPU = {
     "deepseek": ("deepseek_cpu_shims:stock_deepseek_on_cpu",
                  "stock deepseek ran on the CPU with the three stand-ins of eval/deepseek_cpu_shims.py (its mask "
                  "fill value, bincount and scatter_add have no CPU kernel here); its arithmetic is unchanged"),
+    "janus": ("janus_cpu_shims:janus_on_cpu",
+              "stock and ours were built on the CPU with eval/janus_cpu_shims.py: janus's VQ model, which "
+              "understanding never runs, calls mint.norm when built, and it has no CPU kernel"),
 }
 
 
 def count_generate(loaded, case, args, counters, judge):
-    """Counts of one judge-style generate of --count-tokens tokens on `case` by the loaded model."""
-    inputs = judge.prepare_inputs(args.family, loaded.model, loaded.processor, case)
-    return counters.count_generate(loaded.model, dict(inputs, **judge.GENERATE_KWARGS,
-                                                      max_new_tokens=args.count_tokens))
+    """Counts of one judge-style generate of --count-tokens tokens on `case` by the loaded model,
+    its input preparation counted as prefill (for janus: the processor, vision tower and merge)."""
+    return counters.count_generate(
+        judge.generator(args.family, loaded.model), dict(judge.GENERATE_KWARGS, max_new_tokens=args.count_tokens),
+        prepare=lambda: judge.prepare_inputs(args.family, loaded.model, loaded.processor, case))
 
 
 def count_on_ascend_path(args, counters, judge, case):
@@ -285,8 +301,14 @@ def main(argv=None):
     import judge
 
     rows, stock_counts, notes, all_pass, device_targets = [], {}, [], True, set()
-    progress = Progress(sum(2 if judge.stock_available(family) else 1 for family in families))
+    progress = Progress(sum(2 if judge.stock_available(family) else int(family != "janus") for family in families))
     for family in families:
+        if family == "janus" and not judge.stock_available(family):
+            print("janus: skipped: this base has no llm/inference/janus_pro (the 0.4 branch has it); the llama "
+                  "family stands in with Janus-Pro's language model", flush=True)
+            notes.append("janus: not run: this base has no janus package (run on a branch base); the llama "
+                         "family is Janus-Pro's language model alone")
+            continue
         path, what = resolve_model(family, args)
         if not judge.stock_available(family):
             print(f"{family}/stock: this mindnlp has no stock {family} (the 0.4 branch has it); ours alone",
@@ -312,6 +334,10 @@ def main(argv=None):
                         if ours["ours_is_stock"] else ""))
         if family in STOCK_ON_CPU and stock["counts"] is not None:  # counted means it ran on the CPU
             notes.append(f"{family}: {STOCK_ON_CPU[family][1]}")
+        if stock.get("processor_s") is not None:
+            notes.append(f"{family}: the processor's share of prefill (image load and processor call): stock "
+                         f"{stock['processor_s']:.3f} of {stock['prefill_s']:.3f} s, ours {ours['processor_s']:.3f} "
+                         f"of {ours['prefill_s']:.3f} s")
     notes += add_predictions(rows, stock_counts) if stock_counts else [
         "No Ascend prediction: no stock run was counted (nothing is counted on a device, and a base without "
         "the family's stock has no stock run)"]

@@ -109,3 +109,20 @@ def test_processor_reads_the_vocabulary_once(checkpoint):
     assert results["0"][1] >= 4 and results["0"][2] == janus_fixture.PATCHES
     assert results["1"] == [results["1"][0], 0, janus_fixture.PATCHES] and results["1"][0] <= 4
 
+
+
+def test_the_harness_runs_janus_end_to_end(tmp_path):
+    """eval/run.py's janus family: stock and ours as the judge drives them, the pass check, the
+    processor's share of prefill on its own line."""
+    out = tmp_path / "out"
+    proc = subprocess.run([sys.executable, os.path.join(ROOT, "eval", "run.py"), "--families", "janus", "--size", "tiny",
+                           "--max-new-tokens", "4", "--count-tokens", "3", "--out", str(out)],
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=TREE), timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    stock, ours = (json.loads((out / "janus" / f"{v}.json").read_text()) for v in ("stock", "ours"))
+    assert stock["ours_is_stock"] is True and "CLIPVisionTower" in stock["model_class"]
+    assert ours["ours_is_stock"] is False and "SiglipVisionTower" in ours["model_class"]
+    assert 0 < ours["processor_s"] < ours["prefill_s"]
+    assert ours["counts"]["prefill_ops"] < stock["counts"]["prefill_ops"]
+    report = (out / "report.md").read_text()
+    assert "2/2 prompts pass" in report and "the processor's share of prefill" in report
