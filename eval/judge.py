@@ -334,12 +334,18 @@ def _image_files(images):
             if not isinstance(image, (str, os.PathLike)) or not os.path.isfile(image):
                 raise FixtureError(f"image {name!r}: janus needs an image file, got {image!r}")
         return dict(images)
-    folder = tempfile.mkdtemp(prefix="janus-images-")
+    global _DEMO_IMAGE_DIR
+    if _DEMO_IMAGE_DIR is None:  # removed when the process ends
+        _DEMO_IMAGE_DIR = tempfile.TemporaryDirectory(prefix="janus-images-")
     paths = {}
     for name, draw in demo_images.DEMO_IMAGES.items():
-        paths[name] = os.path.join(folder, f"{name}.png")
-        draw().save(paths[name])
+        paths[name] = os.path.join(_DEMO_IMAGE_DIR.name, f"{name}.png")
+        if not os.path.isfile(paths[name]):
+            draw().save(paths[name])
     return paths
+
+
+_DEMO_IMAGE_DIR = None
 
 
 def prompt_cases(family, images):

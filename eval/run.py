@@ -335,7 +335,8 @@ def main(argv=None):
         if family in STOCK_ON_CPU and stock["counts"] is not None:  # counted means it ran on the CPU
             notes.append(f"{family}: {STOCK_ON_CPU[family][1]}")
         if stock.get("processor_s") is not None:
-            notes.append(f"{family}: the processor's share of prefill (image load and processor call): stock "
+            notes.append(f"{family}: the processor's share of prefill (its call; for janus with the image file's "
+                         f"load, as the judge times it): stock "
                          f"{stock['processor_s']:.3f} of {stock['prefill_s']:.3f} s, ours {ours['processor_s']:.3f} "
                          f"of {ours['prefill_s']:.3f} s")
     notes += add_predictions(rows, stock_counts) if stock_counts else [

@@ -106,8 +106,9 @@ def load_series():
     if flags != sorted(flags):
         raise SeriesError(f"{SERIES_FILE}: branch_only patches must come after every other patch")
     for patch in patches:
-        if patch.get("branch_only") and not patch.get("edit"):
-            raise SeriesError(f"branch_only patch {patch['name']} edits no file of the branch")
+        if patch.get("branch_only") and (not patch.get("edit") or patch.get("add")):
+            raise SeriesError(f"branch_only patch {patch['name']} must edit files of the branch and add none "
+                              "(files it added would be left out on a base without the branch)")
     overlay = overlay_files()
     unclaimed = sorted(set(overlay) - set(claimed))
     if unclaimed:
@@ -300,7 +301,7 @@ def export_to_patches_dir():
         problems = branch_only_problems(unmade, len(paths), PATCHES_DIR)
         if problems:
             raise SeriesError(branch_only_message(problems))
-        kept = {os.path.basename(p): read_bytes(p) for p in committed_branch_only(unmade, len(paths), PATCHES_DIR)}
+        kept = {name: read_bytes(path) for name, path in committed_branch_only(unmade, len(paths), PATCHES_DIR).items()}
         fresh = {os.path.basename(p): read_bytes(p) for p in paths}
     shutil.rmtree(PATCHES_DIR, ignore_errors=True)
     os.makedirs(PATCHES_DIR)
@@ -318,33 +319,73 @@ def read_bytes(path):
 
 
 def committed_branch_only(unmade, made_count, committed_dir):
-    """The committed files of the branch-only patches numbered after the `made_count` made ones."""
-    found = []
-    for number in range(made_count + 1, made_count + len(unmade) + 1):
-        found += glob.glob(os.path.join(committed_dir, f"{number:04d}-*.patch"))
-    return sorted(found)
+    """{file name it must have now: committed path} for the branch-only patches this base cannot
+    make, each found by its subject (a patch's text holds no number, so a patch added before them
+    only renumbers them) and numbered after the `made_count` made ones."""
+    by_subject = {}
+    for path in sorted(glob.glob(os.path.join(committed_dir, "*.patch"))):
+        by_subject.setdefault(patch_subject(path), path)
+    found = {}
+    for number, patch in enumerate(unmade, start=made_count + 1):
+        path = by_subject.get(patch["subject"].strip())
+        if path is not None:
+            found[f"{number:04d}-" + os.path.basename(path)[5:]] = path
+    return found
+
+
+def patch_subject(path):
+    with open(path, encoding="utf-8", errors="replace") as f:
+        header = f.read().split("\n\n", 1)[0].replace("\n ", " ")
+    subject = re.search(r"^Subject: (.*)$", header, re.M)
+    return subject.group(1).strip() if subject else None
+
+
+def file_sections(text):
+    """{path: its diff lines} of a patch's text."""
+    sections, current = {}, None
+    for line in text.splitlines():
+        if line.startswith("diff --git "):
+            current = sections.setdefault(line.split(" b/", 1)[-1].strip(), [])
+        elif current is not None:
+            current.append(line)
+    return sections
 
 
 def branch_only_problems(unmade, made_count, committed_dir):
     """Check the committed branch-only patches against series.toml without the base to make them:
-    the subject, the body, and each edit's file and inserted line. (problem, file name) pairs."""
+    the subject, the body, and per file exactly the edits' lines inserted after their anchor lines.
+    (problem, file name) pairs."""
+    committed = {path: name for name, path in committed_branch_only(unmade, made_count, committed_dir).items()}
+    by_subject = {patch_subject(path): path for path in committed}
     problems = []
     for number, patch in enumerate(unmade, start=made_count + 1):
-        files = glob.glob(os.path.join(committed_dir, f"{number:04d}-*.patch"))
-        if len(files) != 1:
+        path = by_subject.get(patch["subject"].strip())
+        if path is None:
             problems.append(("missing from patches/", f"{number:04d} ({patch['name']})"))
             continue
-        with open(files[0], encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             text = f.read()
-        header = text.split("\n\n", 1)[0].replace("\n ", " ")
-        added = {line[1:] for line in text.splitlines() if line.startswith("+")}
-        expected = [f"Subject: {patch['subject'].strip()}" in header, patch["body"].strip() in text]
+        sections = file_sections(text)
+        expected = {}
         for edit in patch["edit"]:
-            expected.append(f"diff --git a/{edit['file']} b/{edit['file']}" in text)
-            expected.append(all(line in added for line in edit["insert"].rstrip("\n").splitlines()))
-        if not all(expected):
-            problems.append(("changed", os.path.basename(files[0])))
+            expected.setdefault(edit["file"], []).append(edit)
+        good = patch["body"].strip() in text.split("\ndiff --git ", 1)[0] and set(sections) == set(expected)
+        for rel, edits in expected.items():
+            lines = sections.get(rel, [])
+            added = [line[1:] for line in lines if line.startswith("+") and not line.startswith("+++")]
+            removed = [line for line in lines if line.startswith("-") and not line.startswith("---")]
+            inserted = [line for e in edits for line in e["insert"].rstrip("\n").splitlines()]
+            good = (good and not removed and sorted(added) == sorted(inserted)
+                    and all(inserted_after(lines, e["after"], e["insert"]) for e in edits))
+        if not good:
+            problems.append(("changed", os.path.basename(path)))
     return problems
+
+
+def inserted_after(lines, after, insert):
+    """Whether a file's diff lines add exactly `insert` right after the context line `after`."""
+    want = ["+" + line for line in insert.rstrip("\n").splitlines()]
+    return any(line == " " + after and lines[i + 1:i + 1 + len(want)] == want for i, line in enumerate(lines))
 
 
 def branch_only_message(problems):
@@ -498,11 +539,14 @@ def main(argv=None):
         elif args.command == "export" and args.check:
             with tempfile.TemporaryDirectory() as tmp:
                 paths, unmade = export(tmp)
-                ignore = {os.path.basename(p) for p in committed_branch_only(unmade, len(paths), PATCHES_DIR)}
+                kept = committed_branch_only(unmade, len(paths), PATCHES_DIR)
+                ignore = {os.path.basename(path) for path in kept.values()}
                 problems = stale_files(tmp, PATCHES_DIR, ignore)
                 branch_problems = branch_only_problems(unmade, len(paths), PATCHES_DIR)
             if branch_problems:
                 raise SeriesError(branch_only_message(branch_problems))
+            problems += [("numbered otherwise by the series", os.path.basename(path))
+                         for name, path in kept.items() if os.path.basename(path) != name]
             if problems:
                 raise SeriesError("patches/ is stale against mindnlp/ and scripts/series.toml; run "
                                   "scripts/export.sh.\n" + "\n".join(f"  {what}: {name}" for what, name in problems))

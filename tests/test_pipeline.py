@@ -239,11 +239,6 @@ def base_variant(base, dest, with_branch_files, patches):
     return clone
 
 
-def test_the_series_has_a_branch_only_part(project):
-    patches = series_patches(project)
-    assert branch_only(project) and patches[-1].get("branch_only")
-
-
 def test_a_branch_base_gets_every_patch(project, base, tmp_path):
     patches = series_patches(project)
     branch = base_variant(base, tmp_path / "branch", True, patches)
@@ -270,6 +265,24 @@ def test_a_base_without_the_branch_keeps_checks_and_skips_the_branch_only_patche
     proc = run_series(project, "apply", str(tmp_path / "applied"), env=env)
     assert proc.returncode == 0, proc.stderr
     assert "skipped" in proc.stderr and all(name in proc.stderr for name in kept)
+
+
+def test_a_branch_only_patch_is_renumbered_when_a_core_patch_comes_before_it(project, base, tmp_path):
+    patches = series_patches(project)
+    env = {"MINDNLP_BASE": str(base_variant(base, tmp_path / "wheel", False, patches))}
+    (project / "mindnlp" / "accel" / "extra.py").write_text("EXTRA = 1\n")
+    text = (project / "scripts" / "series.toml").read_text(encoding="utf-8")
+    first_branch_only = text.index("[[patch]]\nname = \"" + branch_only(project)[0]["name"])
+    (project / "scripts" / "series.toml").write_text(
+        text[:first_branch_only] + '[[patch]]\nname = "extra"\nsubject = "accel: an extra module"\nbody = "b"\n'
+        'add = ["mindnlp/accel/extra.py"]\n\n' + text[first_branch_only:], encoding="utf-8")
+    old = sorted(p.name for p in (project / "patches").glob("*.patch"))[-1]
+    proc = run_series(project, "export", "--check", env=env)
+    assert proc.returncode == 1 and f"numbered otherwise by the series: {old}" in proc.stderr
+    assert run_series(project, "export", env=env).returncode == 0
+    names = sorted(p.name for p in (project / "patches").glob("*.patch"))
+    assert names[-1] == f"{int(old[:4]) + 1:04d}" + old[4:] and old not in names
+    assert run_series(project, "export", "--check", env=env).returncode == 0
 
 
 def test_a_stale_branch_only_patch_is_caught_without_the_branch(project, base, tmp_path):

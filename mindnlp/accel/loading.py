@@ -284,7 +284,7 @@ def load_with_slots(stock_load, cls, model, state_dict, loaded_keys, *args, all_
     unfilled slot is an error; other missing weights get stock's warning, as stock's class has it."""
     if kwargs.get("low_cpu_mem_usage") or kwargs.get("device_map") is not None:
         # that loader assigns only names found in state_dict(), which would skip every slot
-        raise ValueError(f"{cls.__name__} loads stacked expert weights without "
+        raise ValueError(f"{cls.__name__} loads checkpoint tensors into stacked or fused layers without "
                          "low_cpu_mem_usage or device_map; leave both unset")
     # Stock loads a checkpoint saved without the base model's prefix into the base model.
     base = cls.base_model_prefix

@@ -5,11 +5,17 @@ sqrt(sqrt(head_dim)) computed as a 0-d tensor in the activation dtype (2.828125 
 for head_dim 64, not 2.8284271), q @ k^T, a softmax in the activation dtype (no fp32 upcast), @ v,
 the output Linear, the residual add, LayerNorm, fc1, exact GELU, fc2 and the residual add. The
 portable path here is that sequence with q and k divided in one launch (the same elementwise
-quotients) and the divisor made once per dtype instead of two sqrt launches and a host tensor per
-call. On Ascend, flash_attention_score over the pre-scaled q and k (scale 1) computes the softmax
+quotients) and the divisor computed once per dtype instead of by two sqrt launches on a new host
+tensor per call. On Ascend, flash_attention_score over the pre-scaled q and k (scale 1) computes the softmax
 in fp32 inside the kernel, which is not bit-identical to stock's bf16 softmax: device.choose admits
 it only with MINDNLP_ACCEL_INEXACT=1 and after its self-check agrees.
+
+The projections are mindnlp's nn.Linear, stock's module, not accel's Linear: its transposed CPU
+copy would double the tower's weights in memory for a CPU-only speed-up (a third of a block's
+time here) that says nothing about the device, where a prompt's 576 rows make the tower
+compute-bound alike for stock and ours.
 """
+import functools
 from typing import Dict
 
 import mindspore
@@ -18,7 +24,6 @@ from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
 
 from .. import device
-from .linear import Linear
 from .primitives import batch_matmul, divide, softmax_last
 
 FUSED_ATOL = 2e-2
@@ -37,11 +42,16 @@ def stock_qk_divisor(head_dim: int, dtype) -> float:
 _DIVISORS: Dict[tuple, float] = {}
 
 
+@functools.lru_cache(maxsize=None)
+def _divisor_tensor(divisor: float, dtype) -> Tensor:
+    return Tensor(divisor, dtype=dtype)
+
+
 def vision_attention_eager(qkv, divisor: float):
     """qkv [3, B, H, N, D] (q, k, v) -> [B, H, N, D]: stock's scaled_dot_product_attention without a
     mask, q and k divided in one launch."""
     if device.pyboost():
-        qk = qkv[:2] / Tensor(divisor, dtype=qkv.dtype)  # stock divides by a 0-d tensor on this path
+        qk = qkv[:2] / _divisor_tensor(divisor, qkv.dtype)  # stock divides by a 0-d tensor on this path
     else:
         qk = divide(qkv[:2], divisor)
     probs = softmax_last(batch_matmul(qk[0], qk[1].swapaxes(-2, -1)))
@@ -50,7 +60,7 @@ def vision_attention_eager(qkv, divisor: float):
 
 def vision_attention_fused(qkv, divisor: float):
     """Ascend FlashAttentionScore over q and k pre-scaled as stock scales them, BNSD, no mask."""
-    qk = qkv[:2] / Tensor(divisor, dtype=qkv.dtype)
+    qk = qkv[:2] / _divisor_tensor(divisor, qkv.dtype)
     return mindspore.ops.flash_attention_score(qk[0], qk[1], qkv[2], qkv.shape[2], scalar_value=1.0,
                                                input_layout="BNSD")
 
@@ -77,8 +87,8 @@ class VisionAttention(nn.Module):
         if dim % num_heads:
             raise ValueError(f"width {dim} is not a multiple of the {num_heads} heads")
         self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.qkv = Linear(dim, 3 * dim, bias=qkv_bias)
-        self.proj = Linear(dim, dim)
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
         self._kernels = {}  # dtype -> attention kernel (prepare_kernels)
 
     def prepare_kernels(self, dtype, batch_size: int) -> None:
@@ -99,8 +109,8 @@ class GeluMLP(nn.Module):
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.fc1 = Linear(dim, hidden)
-        self.fc2 = Linear(hidden, dim)
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x):
         return self.fc2(F.gelu(self.fc1(x)))

@@ -5,7 +5,8 @@ of the series' branch-only patch. With MINDNLP_ACCEL=0 both do nothing.
 
 install_vlm rebinds, in modeling_vlm's namespace, the names its model_name_to_cls returns:
 CLIPVisionTower and MlpProjector become builders that make ours (janus_vision) for the
-configurations ours implements and stock's otherwise (the reason logged once); and it replaces
+configurations ours implements and stock's otherwise (the reason logged once); MlpProjector also
+builds the generation half's gen_aligner (an mlp_gelu too, the same arithmetic); and it replaces
 MultiModalityCausalLM.prepare_inputs_embeds by a merge without prints, nonzero or host reads.
 The language model is ours already: janus takes LlamaForCausalLM from mindnlp.transformers.
 install_processor makes VLChatProcessor's special-id properties read the tokenizer's vocabulary
@@ -34,20 +35,21 @@ def _fallback(what: str, reason: str) -> None:
 
 def install_vlm(namespace: dict) -> None:
     """Wire janus.models.modeling_vlm (its module globals) to ours."""
-    if not enabled() or namespace.get("_accel_stock"):
+    if not enabled() or namespace.get("_accel_installed"):
         return
+    namespace["_accel_installed"] = True
     stock = {name: namespace[name] for name in ("CLIPVisionTower", "MlpProjector")}
     model_class = namespace["MultiModalityCausalLM"]
     stock["prepare_inputs_embeds"] = model_class.prepare_inputs_embeds
-    namespace["_accel_stock"] = stock
     namespace["CLIPVisionTower"] = functools.partial(_vision_tower, stock["CLIPVisionTower"])
     namespace["MlpProjector"] = functools.partial(_aligner, stock["MlpProjector"])
     model_class.prepare_inputs_embeds = functools.partialmethod(_prepare_inputs_embeds,
                                                                 stock["prepare_inputs_embeds"])
     # our Llama holds fused projections: load and save it under the checkpoint's names
-    stock_load = model_class._load_pretrained_model
+    stock_load = model_class._load_pretrained_model.__func__
     model_class._load_pretrained_model = classmethod(
-        lambda cls, *args, **kwargs: load_with_slots(stock_load, cls, *args, all_required=False, **kwargs))
+        lambda cls, *args, **kwargs: load_with_slots(functools.partial(stock_load, cls), cls, *args,
+                                                     all_required=False, **kwargs))
     model_class.save_pretrained = functools.partialmethod(_save_pretrained, model_class.save_pretrained)
 
 
@@ -80,6 +82,12 @@ def _prepare_inputs_embeds(model, stock_method, input_ids, pixel_values, images_
         return stock_method(model, input_ids, pixel_values, images_seq_mask, images_emb_mask, **kwargs)
     images = pixel_values.reshape((-1,) + tuple(pixel_values.shape[2:]))
     image_embeds = model.aligner(model.vision_model(images))
+    if image_embeds.shape[1] != images_emb_mask.shape[-1]:
+        # the processor reserved another number of positions than the tower gives rows: stock's
+        # concatenation then changes the sequence length, which a merge in place cannot reproduce
+        _fallback("prepare_inputs_embeds", f"{images_emb_mask.shape[-1]} image positions for "
+                                           f"{image_embeds.shape[1]} image rows")
+        return stock_method(model, input_ids, pixel_values, images_seq_mask, images_emb_mask, **kwargs)
     # stock maps negative ids (none come from the processor) to 0 before the lookup
     text_embeds = model.language_model.get_input_embeddings()(ops.clamp(input_ids, min=0))
     return merge_image_embeds(text_embeds, image_embeds[0], images_seq_mask)
@@ -90,7 +98,8 @@ def merge_unsupported(model, pixel_values, images_seq_mask):
 
     Stock replaces the span from the first to the last image position of the (first) sequence by
     the image embeddings, which assumes one image whose positions are contiguous: for one image in a
-    batch of one, the processor makes exactly that."""
+    batch of one, the processor makes exactly that, with as many positions as images_emb_mask has
+    (checked against the tower's rows once they exist)."""
     batch, images = pixel_values.shape[:2]
     if (batch, images) != (1, 1):
         return f"{batch} sequences with {images} images each (ours merges one image in one sequence)"
@@ -119,10 +128,10 @@ SPECIAL_ID_PROPERTIES = {"image_id": "image_tag", "image_start_id": "image_start
 
 def install_processor(namespace: dict) -> None:
     """Wire janus.models.processing_vlm (its module globals): VLChatProcessor's special ids cached."""
-    if not enabled() or namespace.get("_accel_stock"):
+    if not enabled() or namespace.get("_accel_installed"):
         return
+    namespace["_accel_installed"] = True
     processor_class = namespace["VLChatProcessor"]
-    namespace["_accel_stock"] = {name: getattr(processor_class, name) for name in SPECIAL_ID_PROPERTIES}
     for name, tag_attribute in SPECIAL_ID_PROPERTIES.items():
         setattr(processor_class, name, property(functools.partial(special_id, tag_attribute=tag_attribute)))
 

@@ -15,13 +15,14 @@ import mindspore
 from mindnlp.core import nn, ops
 
 from .. import device
-from ..layers.linear import Linear
 from ..layers.vision import VisionBlock
 
 # siglip_large_patch16_384, the only tower Janus-Pro uses (Janus fixes it by model name).
 SIGLIP_LARGE = dict(width=1024, layers=24, heads=16, patch=16, mlp_ratio=4)
 SIGLIP_LARGE_NAME = "siglip_large_patch16_384"
 LAYER_NORM_EPS = 1e-6
+# CLIPVisionTower's defaults for the parameters a config may leave out.
+DEFAULT_IMAGE_SIZE, DEFAULT_SELECT_LAYER = 336, -2
 
 
 class PatchEmbed(nn.Module):
@@ -91,15 +92,19 @@ def tower_unsupported(params: dict) -> Optional[str]:
         return f"tower parameters {sorted(extra)}"
     if not params.get("ignore_head", True):
         return "ignore_head False (the attention-pooling head run)"
-    if params.get("image_size", 336) % SIGLIP_LARGE["patch"]:
-        return f"image size {params.get('image_size', 336)}"
+    size = params.get("image_size", DEFAULT_IMAGE_SIZE)
+    if not isinstance(size, int) or size % SIGLIP_LARGE["patch"]:
+        return f"image size {size!r} (ours takes a square size, a multiple of {SIGLIP_LARGE['patch']})"
+    if siglip_depth(params.get("select_layer", DEFAULT_SELECT_LAYER)) < 1:
+        return f"select_layer {params.get('select_layer')} (no block left)"
     return None
 
 
 def build_tower(**params) -> SiglipVisionTower:
     """Ours from CLIPVisionTower's keyword parameters (check tower_unsupported first). A SigLIP tower
     returns every patch ("same" features) whatever select_feature says, as stock's does."""
-    return SiglipVisionTower(params.get("image_size", 336), siglip_depth(params.get("select_layer", -2)))
+    return SiglipVisionTower(params.get("image_size", DEFAULT_IMAGE_SIZE),
+                             siglip_depth(params.get("select_layer", DEFAULT_SELECT_LAYER)))
 
 
 class DeferredFiniteCheck:
@@ -127,7 +132,7 @@ class DeferredFiniteCheck:
                     warnings.warn(f"mindnlp.accel: {self.label} input has {what} (as fp16)", RuntimeWarning)
 
 
-ALIGNER_CHECK = DeferredFiniteCheck("Janus aligner (MlpProjector)")
+ALIGNER_CHECK = DeferredFiniteCheck("MlpProjector")
 
 
 class MlpGeluAligner(nn.Module):
@@ -136,14 +141,13 @@ class MlpGeluAligner(nn.Module):
 
     def __init__(self, input_dim: int, n_embed: int, depth: int):
         super().__init__()
-        modules = [Linear(input_dim, n_embed)]
+        modules = [nn.Linear(input_dim, n_embed)]  # stock's module: see layers/vision.py on Linear
         for _ in range(1, depth):
-            modules += [nn.GELU(), Linear(n_embed, n_embed)]
+            modules += [nn.GELU(), nn.Linear(n_embed, n_embed)]
         self.layers = nn.ModuleList(modules)
 
     def forward(self, x):
         ALIGNER_CHECK(x)
-        device.prepare_kernels(self, x.dtype, x.shape[0])
         for layer in self.layers:
             x = layer(x)
         return x
