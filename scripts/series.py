@@ -320,16 +320,21 @@ def read_bytes(path):
 
 def committed_branch_only(unmade, made_count, committed_dir):
     """{file name it must have now: committed path} for the branch-only patches this base cannot
-    make, each found by its subject (a patch's text holds no number, so a patch added before them
-    only renumbers them) and numbered after the `made_count` made ones."""
+    make that patches/ holds (see find_committed)."""
+    return {name: path for _, _, name, path in find_committed(unmade, made_count, committed_dir) if path}
+
+
+def find_committed(unmade, made_count, committed_dir):
+    """(number, patch, file name it must have now, committed path or None) per branch-only patch this
+    base cannot make, each found by its subject (a patch's text holds no number, so a patch added
+    before them only renumbers them) and numbered after the `made_count` made ones."""
     by_subject = {}
     for path in sorted(glob.glob(os.path.join(committed_dir, "*.patch"))):
         by_subject.setdefault(patch_subject(path), path)
-    found = {}
+    found = []
     for number, patch in enumerate(unmade, start=made_count + 1):
         path = by_subject.get(patch["subject"].strip())
-        if path is not None:
-            found[f"{number:04d}-" + os.path.basename(path)[5:]] = path
+        found.append((number, patch, path and f"{number:04d}-" + os.path.basename(path)[5:], path))
     return found
 
 
@@ -355,11 +360,8 @@ def branch_only_problems(unmade, made_count, committed_dir):
     """Check the committed branch-only patches against series.toml without the base to make them:
     the subject, the body, and per file exactly the edits' lines inserted after their anchor lines.
     (problem, file name) pairs."""
-    committed = {path: name for name, path in committed_branch_only(unmade, made_count, committed_dir).items()}
-    by_subject = {patch_subject(path): path for path in committed}
     problems = []
-    for number, patch in enumerate(unmade, start=made_count + 1):
-        path = by_subject.get(patch["subject"].strip())
+    for number, patch, _, path in find_committed(unmade, made_count, committed_dir):
         if path is None:
             problems.append(("missing from patches/", f"{number:04d} ({patch['name']})"))
             continue

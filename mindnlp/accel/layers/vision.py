@@ -16,7 +16,6 @@ time here) that says nothing about the device, where a prompt's 576 rows make th
 compute-bound alike for stock and ours.
 """
 import functools
-from typing import Dict
 
 import mindspore
 from mindspore import Tensor
@@ -30,16 +29,11 @@ FUSED_ATOL = 2e-2
 FUSED_RTOL = 2e-2
 
 
+@functools.lru_cache(maxsize=None)
 def stock_qk_divisor(head_dim: int, dtype) -> float:
     """sqrt(sqrt(head_dim)) as stock computes it: two sqrt launches on a 0-d tensor of `dtype`
     (one host read, once per head_dim and dtype)."""
-    key = (head_dim, dtype)
-    if key not in _DIVISORS:
-        _DIVISORS[key] = float(ops.sqrt(ops.sqrt(Tensor(head_dim, dtype=dtype))).astype(mindspore.float32).asnumpy())
-    return _DIVISORS[key]
-
-
-_DIVISORS: Dict[tuple, float] = {}
+    return float(ops.sqrt(ops.sqrt(Tensor(head_dim, dtype=dtype))).astype(mindspore.float32).asnumpy())
 
 
 @functools.lru_cache(maxsize=None)
