@@ -30,7 +30,7 @@ from mindnlp.accel.models import janus_vision
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F16, F32 = mindspore.float16, mindspore.float32
-FAMILIES = ("qwen2_moe", "deepseek", "llama")
+FAMILIES = ("qwen2_moe", "deepseek", "llama", "qwen2_vl")
 
 
 def tensor(shape, dtype=F16, seed=0):
@@ -163,7 +163,8 @@ def test_rotary_rms_norm_and_grouped_matmul_stand_ins_compute_the_kernels_formul
 
 def load(family, dtype):
     path = fixtures.ensure(family, "tiny", FIXTURES)
-    return AutoModelForCausalLM.from_pretrained(path, ms_dtype=dtype).set_train(False)
+    auto = mindnlp.transformers.Qwen2VLForConditionalGeneration if family == "qwen2_vl" else AutoModelForCausalLM
+    return auto.from_pretrained(path, ms_dtype=dtype).set_train(False)
 
 
 PROMPT = dict(input_ids=ids_of([3, 9, 27, 81, 5, 15, 45]), max_new_tokens=6, **GREEDY)
@@ -173,7 +174,8 @@ PROMPT = dict(input_ids=ids_of([3, 9, 27, 81, 5, 15, 45]), max_new_tokens=6, **G
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generate_on_the_ascend_branches_equals_the_portable_path(family, dtype):
     """Default policy: kernels whose stand-in is bit-identical to the twin serve (rotary; Llama's fused
-    RMSNorm, which stock Llama itself uses on the pyboost path), the others fall back with a warning."""
+    RMSNorm, which stock Llama itself uses on the pyboost path; Qwen2-VL's checked RMSNorm in fp32,
+    where the kernel's one rounding is the composite's), the others fall back with a warning."""
     portable = load(family, dtype).generate(**PROMPT)
     with AscendMode() as mode, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -184,7 +186,12 @@ def test_generate_on_the_ascend_branches_equals_the_portable_path(family, dtype)
     # the fused RmsNorm rounds once where the composite rounds twice, as on the device
     assert_same_generation(got, portable, 4e-3 if stock_fused_norm and dtype == F16 else None)
     assert mode.calls["rotary_position_embedding"] > 0
-    assert (mode.calls["rms_norm"] > 0) == stock_fused_norm
+    norm_choices = {choice for name, choice in decisions.items() if name.startswith("rms_norm")}
+    if family == "qwen2_vl":  # "checked": the fused kernel only where it is bit-identical
+        assert norm_choices == {"fused"} if dtype == F32 else norm_choices and "fused" not in norm_choices
+        assert any(name.startswith("patch_embed_matmul") for name in decisions)  # the tower is prepared too
+    else:
+        assert (mode.calls["rms_norm"] > 0) == stock_fused_norm and not norm_choices
     assert any(name.startswith("rotary_position_embedding") and choice == "fused" for name, choice in decisions.items())
     # each refused kernel warns once, naming itself
     refused = [name for name, choice in decisions.items() if choice != "fused"]
@@ -244,15 +251,17 @@ def test_a_wrong_argument_in_a_fused_call_fails_naming_kernel_and_rule(monkeypat
 # Per decoder layer per decode token on the Ascend path (fp16, every fused kernel adopted), each fused
 # kernel and each F.linear one launch (ascend_mode): 2 RmsNorm, the q/k/v linear, rotary (the kernel over
 # q and k, then a Concat appending v), the cache write (ScatterUpdate), IncreFlashAttention, o_proj, the
-# gate/up linear, SiLU (Sigmoid, Mul), the gate-up Mul, down_proj and 2 residual Adds: 15 (issue 10's
-# target is at most 16).
+# gate/up linear, SiLU (Sigmoid, Mul), the gate-up Mul, down_proj and 2 residual Adds: 15 (issues 10
+# and 12 ask for at most 16). Qwen2-VL's RMSNorm is fused here only because MINDNLP_ACCEL_INEXACT=1
+# admits the kernel's single rounding ("checked"); its q/k/v biases are inside the one F.linear.
 ASCEND_LAYER_LAUNCHES = 15
 
 
-def test_llama_launches_per_layer_on_the_ascend_path(monkeypatch):
+@pytest.mark.parametrize("family", ["llama", "qwen2_vl"])
+def test_launches_per_layer_on_the_ascend_path(family, monkeypatch):
     monkeypatch.setenv(device.INEXACT_ENV, "1")
     with AscendMode() as mode:
-        model = load("llama", F16)
+        model = load(family, F16)
         counts = launches_per_layer(model, dict(input_ids=ids_of([3, 4, 5, 6, 7]), max_new_tokens=4, do_sample=False))
     mode.assert_no_refusals()
     assert counts == [ASCEND_LAYER_LAUNCHES] * model.config.num_hidden_layers

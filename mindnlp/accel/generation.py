@@ -96,8 +96,9 @@ class GreedyGenerationMixin(StockLoopAdapters):
             )
         return greedy_decode(self, plan, self.greedy_eos_check_every)
 
-    def greedy_positions(self, attention_mask):
-        """Rope positions for the prompt [B, S] and the per-row offset [B, 1] that turns a cache position into a
-        rope position during decode (for a real token at cache position c, stock's position is c + offset)."""
+    def greedy_positions(self, input_ids, attention_mask, prefill_inputs):
+        """Rope positions for the prompt ids [B, S] (int [B, S], or [3, B, S] with M-RoPE) and the per-row offset
+        [B, 1] that turns a cache position into a rope position during decode (for a real token at cache position
+        c, stock's position is c + offset). `prefill_inputs`: the call's greedy_prefill_inputs (image grids)."""
         offset = attention_mask.astype(mindspore.int32).sum(-1, keepdims=True) - attention_mask.shape[1]
         return positions_from_mask(attention_mask), offset

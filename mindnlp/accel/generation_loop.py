@@ -20,7 +20,7 @@ class DecodeState(NamedTuple):
     """What a step reads and hands to the next one (device tensors, fixed shapes after the prompt)."""
 
     cache_position: mindspore.Tensor  # int32 [S]: cache slots of this step's inputs
-    position_ids: mindspore.Tensor  # int32 [B, S]: their rope positions
+    position_ids: mindspore.Tensor  # int32 [B, S] ([3, B, S] for an M-RoPE prompt): their rope positions
     seen: Optional[mindspore.Tensor]  # bool [B, vocab]: ids seen so far, with a repetition penalty
     unfinished: Optional[mindspore.Tensor]  # bool [B]: rows not yet past EOS, with EOS ids
 
@@ -100,7 +100,7 @@ def first_state(model, plan, batch_size, prompt_length, cache_length):
     elif cache_length > prompt_length:
         # Written once: later columns are real tokens, and the cache position hides those not yet written.
         mask = ops.cat([mask, ops.ones((batch_size, cache_length - prompt_length), mask.dtype)], -1)
-    position_ids, offset = model.greedy_positions(plan.attention_mask)
+    position_ids, offset = model.greedy_positions(plan.input_ids, plan.attention_mask, plan.prefill_inputs)
     seen = true_column = None
     if plan.penalty is not None:
         true_column = ops.ones((batch_size, 1), mindspore.bool_)

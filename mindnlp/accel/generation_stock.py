@@ -8,7 +8,7 @@ from mindspore import ops
 
 from mindnlp.transformers.generation.configuration_utils import GenerationMode
 
-from .generation_loop import cache_positions, positions_from_mask
+from .generation_loop import cache_positions
 
 # Modes whose stock loops crop or copy the cache, which a static cache owned by the model does not offer.
 _NEEDS_DYNAMIC_CACHE = (
@@ -42,15 +42,21 @@ class StockLoopAdapters:
         else:
             length = input_ids.shape[1]
         model_kwargs["cache_position"] = cache_positions(0, length)
+        # Called once per generate, after stock made the attention mask and expanded the rows (beams):
+        # the prompt's rope positions and the offset later steps add to their cache position.
+        model_kwargs["prompt_positions"], model_kwargs["rope_offset"] = self.greedy_positions(
+            input_ids, model_kwargs["attention_mask"],
+            {name: model_kwargs[name] for name in self.greedy_prefill_inputs if model_kwargs.get(name) is not None})
         return model_kwargs
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,
-                                      inputs_embeds=None, cache_position=None, cache_length=None, **kwargs):
+                                      inputs_embeds=None, cache_position=None, cache_length=None,
+                                      prompt_positions=None, rope_offset=None, **kwargs):
         new_length = cache_position.shape[0]
         # A host read, as stock does: this adapter serves the fallback loops, which sync every step anyway.
-        first_step = int(cache_position[0]) == 0
-        # Stock's generate always passes a 2D mask here, since our forward accepts one.
-        position_ids = positions_from_mask(attention_mask)[:, -new_length:]
+        start = int(cache_position[0])
+        first_step = start == 0
+        position_ids = rope_positions(prompt_positions, rope_offset, cache_position, start)
         tail = cache_length - attention_mask.shape[1]
         if tail:
             attention_mask = ops.cat([attention_mask, ops.ones((attention_mask.shape[0], tail),
@@ -74,3 +80,20 @@ class StockLoopAdapters:
         )
         model_kwargs["past_key_values"] = cache
         return model_kwargs
+
+
+def rope_positions(prompt_positions, rope_offset, cache_position, start: int):
+    """Rope positions of the slots `cache_position` (starting at host int `start`): the prompt's own
+    for prompt slots, cache position + the row's offset after them (without a cache, stock's loop
+    runs the whole sequence every step)."""
+    new_length = cache_position.shape[0]
+    from_prompt = prompt_positions[..., start:start + new_length]
+    later = new_length - from_prompt.shape[-1]
+    if not later:
+        return from_prompt
+    positions = rope_offset + cache_position[new_length - later:].reshape(1, later)
+    if prompt_positions.ndim == 3:  # M-RoPE: the same position on every stream
+        positions = positions.unsqueeze(0).broadcast_to((3,) + tuple(positions.shape))
+    if not from_prompt.shape[-1]:
+        return positions
+    return ops.cat([from_prompt.astype(positions.dtype), positions], -1)

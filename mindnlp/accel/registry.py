@@ -123,7 +123,9 @@ def _replace(model_type, stock, ours):
             setattr(namespace, name, ours)
             undo.append(lambda namespace=namespace: setattr(namespace, name, stock))
 
-    config_class = configuration_auto.CONFIG_MAPPING[model_type]
+    # qwen2_vl has no AutoConfig entry in mindnlp 0.4: its auto mapping is keyed by the class's own config class
+    config_mapping = configuration_auto.CONFIG_MAPPING
+    config_class = config_mapping[model_type] if model_type in config_mapping else ours.config_class
     for mapping in vars(modeling_auto).values():
         if isinstance(mapping, _LazyAutoMapping) and mapping._model_mapping.get(model_type) == name:
             mapping.register(config_class, ours, exist_ok=True)

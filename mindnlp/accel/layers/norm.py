@@ -7,6 +7,11 @@ from .. import device
 
 KERNELS = ("composite", "stock_fused", "checked")
 
+# The fused kernel rounds once where the composite rounds twice (before and after the weight): in
+# bf16 they differ by about one unit in the last place, which MINDNLP_ACCEL_INEXACT=1 admits.
+FUSED_ATOL = 1e-2
+FUSED_RTOL = 1e-2
+
 
 def rms_norm_composite(x, weight, eps: float):
     """Stock's composite: upcast to fp32, mean of squares, rsqrt, cast back, then times weight.
@@ -36,7 +41,8 @@ class RMSNorm(nn.Module):
                     composite elsewhere: exactly what stock LlamaRMSNorm does in inference, so Llama
                     keeps stock numerics.
       "checked"     the fused kernel on Ascend only if `prepare_kernels` found it bit-identical to the
-                    composite on this device (device.choose), else the composite.
+                    composite on this device (or within FUSED_ATOL / FUSED_RTOL with
+                    MINDNLP_ACCEL_INEXACT=1; device.choose), else the composite.
     """
 
     def __init__(self, hidden_size: int, eps: float = 1e-6, kernel: str = "composite"):
@@ -58,7 +64,8 @@ class RMSNorm(nn.Module):
             w = (1.0 + 0.1 * ops.randn(size)).to(dtype)
             return x, w, self.variance_epsilon
 
-        self._checked[dtype] = device.choose(f"rms_norm/{dtype}/{size}", rms_norm_fused, rms_norm_composite, make_inputs)
+        self._checked[dtype] = device.choose(f"rms_norm/{dtype}/{size}", rms_norm_fused, rms_norm_composite, make_inputs,
+                                             atol=FUSED_ATOL, rtol=FUSED_RTOL)
 
     def forward(self, hidden_states):
         return self._impl(hidden_states.dtype)(hidden_states, self.weight, self.variance_epsilon)

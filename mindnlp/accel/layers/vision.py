@@ -1,4 +1,5 @@
-"""A pre-LN vision transformer block (ViT / SigLIP) with the arithmetic of timm-style stock code.
+"""A pre-LN vision transformer block, and SigLIP's attention with the arithmetic of timm-style stock code
+(Qwen2-VL's tower, models/qwen2_vl_vision.py, gives the block its own rotary attention).
 
 Stock (Janus's SigLIP tower) runs, per block: LayerNorm, the qkv Linear, q and k^T each divided by
 sqrt(sqrt(head_dim)) computed as a 0-d tensor in the activation dtype (2.828125 in bf16 and fp16
@@ -98,28 +99,32 @@ class VisionAttention(nn.Module):
         return self.proj(out.swapaxes(1, 2).reshape(batch, tokens, width))
 
 
-class GeluMLP(nn.Module):
-    """fc2(gelu(fc1(x))) with exact (erf) GELU; checkpoint names fc1 and fc2."""
+class VisionMLP(nn.Module):
+    """fc2(act(fc1(x))); checkpoint names fc1 and fc2. `act` is the stock activation function
+    (exact GELU for SigLIP, quick_gelu for Qwen2-VL)."""
 
-    def __init__(self, dim: int, hidden: int):
+    def __init__(self, dim: int, hidden: int, act=F.gelu):
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        self.act = act
 
     def forward(self, x):
-        return self.fc2(F.gelu(self.fc1(x)))
+        return self.fc2(self.act(self.fc1(x)))
 
 
 class VisionBlock(nn.Module):
-    """x + attn(norm1(x)), then + mlp(norm2(x)); LayerNorm is mindnlp's, the module stock uses."""
+    """x + attn(norm1(x), *context), then + mlp(norm2(x)); LayerNorm is mindnlp's, the module stock
+    uses. `attn` is the tower's attention module; `context` what its forward takes beside x (rotary
+    tables, image spans)."""
 
-    def __init__(self, dim: int, num_heads: int, mlp_hidden: int, eps: float):
+    def __init__(self, dim: int, attn: nn.Module, mlp_hidden: int, eps: float, act=F.gelu):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=eps)
-        self.attn = VisionAttention(dim, num_heads)
+        self.attn = attn
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = GeluMLP(dim, mlp_hidden)
+        self.mlp = VisionMLP(dim, mlp_hidden, act)
 
-    def forward(self, x):
-        x = x + self.attn(self.norm1(x))
+    def forward(self, x, *context):
+        x = x + self.attn(self.norm1(x), *context)
         return x + self.mlp(self.norm2(x))

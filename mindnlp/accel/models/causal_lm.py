@@ -8,9 +8,10 @@ mindnlp without deepseek) and supplies:
   `sparse_block(config, index)`  the MoE block of decoder layer `index`, or None for stock's gated MLP
                                  of `intermediate_size` (the default, every layer: Llama);
   `unsupported_reason(config)`  why our implementation cannot serve a config, or None;
-and may set `output_class` (the ModelOutput stock's forward returns).
+and may set `output_class` (the ModelOutput stock's forward returns) and give `extra_modules(config)`,
+the modules beside the decoder (a vision tower), built before the weights are initialised.
 """
-from typing import Optional
+from typing import Dict, Optional
 
 import mindspore
 from mindnlp.core import nn, ops
@@ -58,12 +59,17 @@ class DecoderForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedCheck
     def unsupported_reason(cls, config) -> Optional[str]:
         return None
 
+    def extra_modules(self, config) -> Dict[str, nn.Module]:
+        return {}
+
     def __init__(self, config):
         super().__init__(config)
         self.decoder_spec = self.decoder_config(config)
         self.model = DecoderModel(self.decoder_spec, lambda index: self.feed_forward(config, index))
         self.vocab_size = config.vocab_size
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        for name, module in self.extra_modules(config).items():
+            setattr(self, name, module)
         self._cache = None
         self.post_init()
 

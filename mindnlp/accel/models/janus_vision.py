@@ -15,7 +15,7 @@ import mindspore
 from mindnlp.core import nn, ops
 
 from .. import device
-from ..layers.vision import VisionBlock
+from ..layers.vision import VisionAttention, VisionBlock
 
 # siglip_large_patch16_384, the only tower Janus-Pro uses (Janus fixes it by model name).
 SIGLIP_LARGE = dict(width=1024, layers=24, heads=16, patch=16, mlp_ratio=4)
@@ -45,7 +45,8 @@ class SiglipViT(nn.Module):
             raise ValueError(f"image size {image_size} is not a multiple of the patch size {patch}")
         self.patch_embed = PatchEmbed(patch, width)
         self.pos_embed = nn.Parameter(ops.zeros(1, (image_size // patch) ** 2, width))
-        self.blocks = nn.ModuleList([VisionBlock(width, heads, mlp_hidden, LAYER_NORM_EPS) for _ in range(depth)])
+        self.blocks = nn.ModuleList([VisionBlock(width, VisionAttention(width, heads), mlp_hidden, LAYER_NORM_EPS)
+                                     for _ in range(depth)])
         self.norm = nn.LayerNorm(width, eps=LAYER_NORM_EPS)
 
     def forward(self, images):
