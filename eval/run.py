@@ -140,6 +140,10 @@ STOCK_ON_CPU = {
     "deepseek": ("deepseek_cpu_shims:stock_deepseek_on_cpu",
                  "stock deepseek ran on the CPU with the three stand-ins of eval/deepseek_cpu_shims.py (its mask "
                  "fill value, bincount and scatter_add have no CPU kernel here); its arithmetic is unchanged"),
+    "qwen2_vl": ("qwen2_vl_cpu_shims:stock_qwen2_vl_on_cpu",
+                 "on the 0.4 branch, stock Qwen2-VL ran on the CPU with eval/qwen2_vl_cpu_shims.py: the branch casts "
+                 "the merged embeddings through fp16 to bf16, which this CPU cannot run, and the shim gives that last "
+                 "cast the embeddings' own dtype (fp32 here; in bf16 it is the branch's code exactly)"),
     "janus": ("janus_cpu_shims:janus_on_cpu",
               "stock and ours were built on the CPU with eval/janus_cpu_shims.py: janus's VQ model, which "
               "understanding never runs, calls mint.norm when built, and it has no CPU kernel"),

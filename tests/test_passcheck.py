@@ -206,3 +206,14 @@ def test_ours_variant_reports_stock_when_our_class_falls_back(qwen_moe_tiny, mon
     assert type(loaded.model) is stock
     assert loaded.ours_is_stock
     assert loaded.model_class == qualified_name(stock)
+
+
+@pytest.mark.parametrize("family,calls,tokens", [("qwen2_vl", 5, 10), ("qwen2_moe", 1, 2)])
+def test_warm_ups_are_the_judge_scripts(monkeypatch, family, calls, tokens):
+    """Warm-up calls (their new tokens), then the first prompt's prefill call of 1 token."""
+    made = []
+    monkeypatch.setattr(judge, "_timed_generate", lambda *args, **kwargs: made.append(args[4]) or (0.0, None, None))
+    monkeypatch.setattr(judge, "prompt_cases", lambda family_, images: [("only", {})])
+    with pytest.raises(AttributeError):  # the fake output has no logits: the run stops after the first prompt's calls
+        judge.run_family(family, None, None, max_new_tokens=50)
+    assert made == [tokens] * calls + [1, 50]
