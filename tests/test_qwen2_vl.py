@@ -263,3 +263,17 @@ def test_unsupported_config_builds_stock(fixture_path, override):
     config = stock_module.Qwen2VLConfig.from_pretrained(fixture_path, **override)
     model = mindnlp.transformers.Qwen2VLForConditionalGeneration(config)
     assert type(model) is stock_module.Qwen2VLForConditionalGeneration
+
+
+# Per decoder layer per decode token in fp32, each one of stock's own arithmetic steps: 2 RMSNorm
+# composites (Pow, ReduceMean, Add, Rsqrt, 2 Mul: 12), the q/k/v MatMul and its bias Add, rotary (Mul,
+# ReduceSum), the K/V cache write (ScatterUpdate), attention (BatchMatMul, RealDiv, Softmax, BatchMatMul;
+# K/V repeated for the 6 query heads of a KV head by a broadcast, as stock's repeat_kv), o_proj, the
+# gate/up MatMul, SiLU (Sigmoid, Mul), the gate-up Mul, down_proj and 2 residual Adds.
+LAYER_LAUNCHES = 29
+
+
+def test_decode_launches_per_layer_are_pinned(ours, processor):
+    inputs = vision_inputs(processor, ["Describe it."], [[demo_images.cat_image()]])
+    counts = greedy_checks.launches_per_layer(ours, dict(**inputs, max_new_tokens=4, do_sample=False))
+    assert counts == [LAYER_LAUNCHES] * ours.config.num_hidden_layers
