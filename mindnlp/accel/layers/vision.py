@@ -73,9 +73,9 @@ def choose_vision_attention(heads: int, dim: int, dtype):
                          vision_attention_eager, inputs, atol=FUSED_ATOL, rtol=FUSED_RTOL)
 
 
-class VisionAttention(nn.Module):
-    """Bidirectional multi-head attention; checkpoint names `qkv` ([3 * dim, dim], rows q; k; v) and
-    `proj`, as timm's Attention has them."""
+class AttentionProjections(nn.Module):
+    """What every ViT attention here holds: `qkv` ([3 * dim, dim], rows q; k; v) and `proj`, the
+    checkpoint names timm's Attention and Qwen2-VL's VisionAttention share, and the head shape."""
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
         super().__init__()
@@ -84,6 +84,13 @@ class VisionAttention(nn.Module):
         self.num_heads, self.head_dim = num_heads, dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
+
+
+class VisionAttention(AttentionProjections):
+    """Bidirectional multi-head attention over [B, N, dim], SigLIP's arithmetic (module docstring)."""
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True):
+        super().__init__(dim, num_heads, qkv_bias)
         self._kernels = {}  # dtype -> attention kernel (prepare_kernels)
 
     def prepare_kernels(self, dtype, batch_size: int) -> None:

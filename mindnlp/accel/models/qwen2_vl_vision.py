@@ -27,7 +27,7 @@ from mindnlp.transformers.models.qwen2_vl.modeling_qwen2_vl import PatchEmbed, P
 from .. import device
 from ..layers.primitives import batch_matmul, divide, softmax_last, take_rows
 from ..layers.rotary import RotaryTables, apply_rotary_composite, inverse_frequencies, make_tables
-from ..layers.vision import FUSED_ATOL, FUSED_RTOL, VisionBlock
+from ..layers.vision import FUSED_ATOL, FUSED_RTOL, AttentionProjections, VisionBlock
 from .qwen2_vl_positions import host_array
 
 LAYER_NORM_EPS = 1e-6
@@ -40,17 +40,8 @@ def attend_span(q, k, v):
     return batch_matmul(softmax_last(scores, mindspore.float32).to(q.dtype), v)
 
 
-class RotaryVisionAttention(nn.Module):
-    """Bidirectional attention over [S, dim] patches with 2-D rotary q and k; checkpoint names
-    `qkv` ([3 * dim, dim], rows q; k; v) and `proj`, as stock's VisionAttention has them."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        if dim % num_heads:
-            raise ValueError(f"width {dim} is not a multiple of the {num_heads} heads")
-        self.num_heads, self.head_dim = num_heads, dim // num_heads
-        self.qkv = nn.Linear(dim, 3 * dim, bias=True)
-        self.proj = nn.Linear(dim, dim)
+class RotaryVisionAttention(AttentionProjections):
+    """Bidirectional attention over [S, dim] patches with 2-D rotary q and k, stock's names."""
 
     def forward(self, x, rope: RotaryTables, spans):
         """x [S, dim], rope fp32 tables [1, S, ...] (`VisionTower.rotary_tables`), spans: host
