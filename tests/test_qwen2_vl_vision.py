@@ -149,3 +149,13 @@ def test_patch_embedding_as_one_matmul_is_the_conv3d_product(towers):  # pylint:
     np.testing.assert_allclose(matmul, conv, rtol=0, atol=1e-5 * np.abs(conv).max())
     embed.prepare_kernels(mindspore.float32, 1)
     np.testing.assert_array_equal(embed(x).asnumpy(), conv)
+
+
+def test_count_script_reports_both_towers(capsys):
+    import count_vision_tower
+
+    count_vision_tower.main(["--size", "tiny", "--grid", "1,4,4", "--grid", "1,4,8"])
+    lines = dict(line.split(": ", 1) for line in capsys.readouterr().out.splitlines() if ": " in line)
+    launches = {name: int(lines[name].split()[0]) for name in ("stock", "ours")}
+    assert 0 < launches["ours"] < launches["stock"]
+    assert "2 image(s), 48 patches, 2 blocks" in lines["ours"]
