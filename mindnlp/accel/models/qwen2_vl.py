@@ -85,7 +85,7 @@ class Qwen2VLForConditionalGeneration(DecoderForCausalLM, Qwen2VLPreTrainedModel
         return mindspore.Tensor(positions.astype(np.int32)), mindspore.Tensor(deltas.astype(np.int32))
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, pixel_values=None,
-                image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None, rope_deltas=None, **kwargs):
+                image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None, **kwargs):
         if inputs_embeds is None and input_ids is not None and (pixel_values is not None
                                                                 or pixel_values_videos is not None):
             inputs_embeds = self.embed_with_vision(input_ids, pixel_values, image_grid_thw, pixel_values_videos,

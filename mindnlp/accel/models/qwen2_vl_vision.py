@@ -15,8 +15,6 @@ stock: q @ k^T divided by sqrt(head_dim), softmax in fp32 cast back, @ v, the ou
 the MLP with the config's activation (quick_gelu); stock's patch merger and Conv3d patch embedding
 (as one matmul on Ascend where that is bit-identical: CheckedPatchEmbed).
 """
-import math
-
 import numpy as np
 import mindspore
 from mindnlp.common.activations import ACT2FN
@@ -25,7 +23,8 @@ from mindnlp.core.nn import functional as F
 from mindnlp.transformers.models.qwen2_vl.modeling_qwen2_vl import PatchEmbed, PatchMerger
 
 from .. import device
-from ..layers.primitives import batch_matmul, divide, softmax_last, take_rows
+from ..layers.attention import attention_eager
+from ..layers.primitives import take_rows
 from ..layers.rotary import RotaryTables, apply_rotary_composite, inverse_frequencies, make_tables
 from ..layers.vision import FUSED_ATOL, FUSED_RTOL, AttentionProjections, VisionBlock
 from .qwen2_vl_positions import host_array
@@ -35,9 +34,9 @@ ROPE_THETA = 10000.0
 
 
 def attend_span(q, k, v):
-    """q, k, v [heads, n, head_dim] of one image -> [heads, n, head_dim], stock's arithmetic."""
-    scores = divide(batch_matmul(q, k.swapaxes(1, 2)), math.sqrt(q.shape[-1]))
-    return batch_matmul(softmax_last(scores, mindspore.float32).to(q.dtype), v)
+    """q, k, v [heads, n, head_dim] of one image -> [heads, n, head_dim]: the decoder's eager
+    attention, which is stock's arithmetic here too (no mask: every patch sees its image)."""
+    return attention_eager(q[None], k[None], v[None], None)[0]
 
 
 class RotaryVisionAttention(AttentionProjections):
@@ -118,7 +117,6 @@ class VisionTower(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.config = config
         self.spatial_merge_size = config.spatial_merge_size
         self.patch_embed = CheckedPatchEmbed(patch_size=config.patch_size, in_channels=config.in_channels,
                                              temporal_patch_size=config.temporal_patch_size,
