@@ -174,8 +174,11 @@ PROMPT = dict(input_ids=ids_of([3, 9, 27, 81, 5, 15, 45]), max_new_tokens=6, **G
 @pytest.mark.parametrize("family", FAMILIES)
 def test_generate_on_the_ascend_branches_equals_the_portable_path(family, dtype):
     """Default policy: kernels whose stand-in is bit-identical to the twin serve (rotary; Llama's fused
-    RMSNorm, which stock Llama itself uses on the pyboost path; Qwen2-VL's checked RMSNorm in fp32,
-    where the kernel's one rounding is the composite's), the others fall back with a warning."""
+    RMSNorm, which stock Llama itself uses on the pyboost path), the others fall back with a warning.
+    Qwen2-VL's "checked" RMSNorm is self-checked on random inputs: in fp16 the kernel's one rounding
+    never matches the composite's two; in fp32 the stand-in (x * x, ops.mean) and the composite (Pow,
+    mint.mean) disagree on about 1 random probe in 125 (24 of 3000 measured), so either choice may be
+    made, and the output equals the portable path bit for bit whichever it is."""
     portable = load(family, dtype).generate(**PROMPT)
     with AscendMode() as mode, warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -188,7 +191,7 @@ def test_generate_on_the_ascend_branches_equals_the_portable_path(family, dtype)
     assert mode.calls["rotary_position_embedding"] > 0
     norm_choices = {choice for name, choice in decisions.items() if name.startswith("rms_norm")}
     if family == "qwen2_vl":  # "checked": the fused kernel only where it is bit-identical
-        assert norm_choices == {"fused"} if dtype == F32 else norm_choices and "fused" not in norm_choices
+        assert norm_choices and (dtype == F32 or "fused" not in norm_choices)
         assert any(name.startswith("patch_embed_matmul") for name in decisions)  # the tower is prepared too
     else:
         assert (mode.calls["rms_norm"] > 0) == stock_fused_norm and not norm_choices
