@@ -63,10 +63,6 @@ class Linear(nn.Linear):
 
 # (rows, dtype, in, widths, pyboost) -> whether one matmul equals the per-block ones here.
 _FUSION_EXACT: Dict[tuple, bool] = {}
-# Random probes per check. A different summation order changes only the outputs whose fp32 sums
-# fall near a rounding boundary of the output dtype: about 1 in 1000 fp16 outputs, a few per
-# probe, so one probe can miss it and eight almost never do.
-FUSION_PROBES = 8
 
 
 class FusedLinear(Linear):
@@ -109,7 +105,7 @@ class FusedLinear(Linear):
         trial = FusedLinear(self.in_features, self.widths, bias=self.bias is not None).to(dtype)
         Linear.prepare_kernels(trial, dtype, rows)
         same = []
-        for _ in range(FUSION_PROBES):
+        for _ in range(device.CHECK_PROBES):
             probe = ops.randn(rows, self.in_features).to(dtype)
             same.append(ops.equal(Linear.forward(trial, probe), per_block(trial, probe)).all())
         return bool(ops.stack(same).all())
