@@ -22,7 +22,7 @@ from mindnlp.core import ops
 from .. import device
 from ..loading import SlotLoadedModule, qkv_slots
 from .linear import FusedLinear, Linear
-from .primitives import batch_matmul, divide, softmax_last
+from .primitives import batch_matmul, broadcast_to, divide, narrow, softmax_last
 from .rotary import RotaryTables, apply_rotary, apply_rotary_composite, choose_rotary, with_identity_group
 
 # The self-check of a fused attention kernel looks for wrong layouts, masks or scales (errors of
@@ -44,7 +44,7 @@ class AttentionMask(NamedTuple):
         Costs B * heads * S * T elements for the forward; the model uses it for prompts only
         (a decode step's mask is one row per sequence)."""
         batch, _, steps, length = self.additive.shape
-        full = self.additive.broadcast_to((batch, heads, steps, length)).contiguous()
+        full = broadcast_to(self.additive, (batch, heads, steps, length)).contiguous()
         return self._replace(additive=full)
 
 
@@ -105,7 +105,7 @@ def repeat_kv(x, heads: int):
     if kv_heads == heads:
         return x
     groups = heads // kv_heads
-    return x.unsqueeze(2).broadcast_to((batch, kv_heads, groups, length, dim)).reshape(batch, heads, length, dim)
+    return broadcast_to(x.unsqueeze(2), (batch, kv_heads, groups, length, dim)).reshape(batch, heads, length, dim)
 
 
 def attention_prefill_fused(q, k, v, mask: AttentionMask):
@@ -246,7 +246,7 @@ class Attention(SlotLoadedModule):
         qkv = self.qkv_proj(hidden_states).reshape(batch, steps, heads + 2 * kv_heads, dim)
         qkv = apply_rotary(qkv, rope, self._rotary.get(dtype, apply_rotary_composite))
         qkv = heads_first(qkv)
-        q, keys_values = qkv[:, :heads], qkv[:, heads:]  # [B, N, S, D], [B, 2 KV, S, D]
+        q, keys_values = narrow(qkv, 1, 0, heads), narrow(qkv, 1, heads, 2 * kv_heads)  # [B, N, S, D], [B, 2 KV, S, D]
         if cache is None:
             k, v = ops.chunk(keys_values, 2, 1)
         else:

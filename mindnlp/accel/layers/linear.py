@@ -13,7 +13,7 @@ from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
 
 from .. import device
-from .primitives import matmul_2d
+from .primitives import matmul_2d, narrow
 
 
 class Linear(nn.Linear):
@@ -116,7 +116,7 @@ def per_block(layer: FusedLinear, input):
     (bit-identical to our Linear on the CPU backend, see Linear)."""
     outs, start = [], 0
     for width in layer.widths:
-        bias = None if layer.bias is None else layer.bias[start:start + width]
-        outs.append(F.linear(input, layer.weight[start:start + width], bias))
+        bias = None if layer.bias is None else narrow(layer.bias, 0, start, width)
+        outs.append(F.linear(input, narrow(layer.weight, 0, start, width), bias))
         start += width
     return ops.cat(outs, dim=-1)

@@ -19,7 +19,7 @@ from mindnlp.core import nn, ops
 from mindnlp.common.activations import ACT2FN
 
 from ..loading import EXPERT_SLOTS, SlotLoadedModule, gate_up_slots
-from .primitives import take_rows
+from .primitives import broadcast_to, take_rows
 from .linear import FusedLinear, Linear
 
 
@@ -82,9 +82,9 @@ def gathered_outputs(module: StackedExperts, x, experts):
     hidden = x.shape[-1]
     flat = experts.reshape(-1)
     if tokens == 1:  # a broadcast view the matmul reads as it is (reshaping one costs a copy)
-        rows = x.reshape(1, 1, hidden).broadcast_to((top_k, 1, hidden))
+        rows = broadcast_to(x.reshape(1, 1, hidden), (top_k, 1, hidden))
     else:
-        rows = x.unsqueeze(1).broadcast_to((tokens, top_k, hidden)).reshape(tokens * top_k, 1, hidden)
+        rows = broadcast_to(x.unsqueeze(1), (tokens, top_k, hidden)).reshape(tokens * top_k, 1, hidden)
     fused = mint.bmm(rows, take_rows(module.gate_up_weight, flat))       # [T*k, 1, 2I]
     act = _swiglu(fused, module.act)
     out = mint.bmm(act, take_rows(module.down_weight, flat))              # [T*k, 1, H]

@@ -8,6 +8,7 @@ import functools
 
 import mindspore
 from mindspore import Tensor, ops as msops
+from mindspore.common.jit_context import jit_context
 
 from mindnlp.core import ops
 from mindnlp.core.nn import functional as F
@@ -73,6 +74,30 @@ def topk_last(x, k: int, sorted_: bool = True):
     return _topk(sorted_)(x, _int32_scalar(k))
 
 
+def capturing() -> bool:
+    """Whether a trace capture (mindspore.jit(capture_mode="trace"), generation_compiled) is
+    recording. It records primitive calls, not Tensor views: basic indexing is frozen into the graph
+    as a constant of its trace-time value, and Tensor.broadcast_to fails inside its pyboost wrapper
+    (mindspore-dev 2.6). The helpers below take a view in PyNative, as before, and the equivalent
+    copy while capturing; the values are the same."""
+    return jit_context() is not None
+
+
+def broadcast_to(x, shape):
+    """x broadcast to `shape`, x's rank: a view in PyNative, the BroadcastTo primitive while capturing."""
+    if capturing():
+        return _broadcast_to(tuple(shape))(x)
+    return x.broadcast_to(shape)
+
+
+def narrow(x, axis: int, start: int, length: int):
+    """x's `length` entries from `start` along `axis`: a slice in PyNative, the Narrow op while capturing."""
+    axis %= x.ndim
+    if capturing():
+        return msops.narrow(x, axis, start, length)
+    return x[(slice(None),) * axis + (slice(start, start + length),)]
+
+
 def scatter_update(target, rows, updates):
     """Overwrite rows `rows` of the Parameter `target` with `updates`, in place."""
     return _scatter_update(target, rows, updates)
@@ -81,6 +106,11 @@ def scatter_update(target, rows, updates):
 @functools.lru_cache(maxsize=None)
 def _topk(sorted_: bool):
     return msops.TopK(sorted_)
+
+
+@functools.lru_cache(maxsize=None)
+def _broadcast_to(shape):
+    return msops.BroadcastTo(shape)
 
 
 @functools.lru_cache(maxsize=None)

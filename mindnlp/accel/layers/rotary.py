@@ -21,6 +21,7 @@ from mindspore import Tensor
 from mindnlp.core import nn, ops
 
 from .. import device
+from .primitives import broadcast_to, narrow
 
 FORMS = ("table", "matmul")
 
@@ -90,7 +91,7 @@ class RotaryEmbedding(nn.Module):
         """fp32 angles [..., S, head_dim // 2] for int positions [..., S] ([B, S] or [3, B, S])."""
         lead = tuple(position_ids.shape[:-1])
         inv_freq = self.inv_freq.float().reshape((1,) * len(lead) + (-1, 1))
-        inv_freq = inv_freq.broadcast_to(lead + (self.head_dim // 2, 1))
+        inv_freq = broadcast_to(inv_freq, lead + (self.head_dim // 2, 1))
         positions = position_ids.float().unsqueeze(-2)
         return ops.matmul(inv_freq, positions).swapaxes(-1, -2)
 
@@ -104,7 +105,7 @@ class RotaryEmbedding(nn.Module):
     def _select_sections(self, table):
         """[3, B, S, D] -> [B, S, D]: channel chunk i comes from position stream i % 3."""
         chunks = ops.split(table, self.mrope_section * 2, dim=-1)
-        return ops.cat([chunk[i % 3] for i, chunk in enumerate(chunks)], dim=-1)
+        return ops.cat([narrow(chunk, 0, i % 3, 1).reshape(chunk.shape[1:]) for i, chunk in enumerate(chunks)], dim=-1)
 
 
 def make_tables(cos, sin) -> RotaryTables:
@@ -112,7 +113,8 @@ def make_tables(cos, sin) -> RotaryTables:
     batch, steps, dim = cos.shape
     half = dim // 2
     # rotation[o, i] over the halves: [[cos1, -sin1], [sin2, cos2]], as [B, S, 1, 1, 2, 2, D/2]
-    rotation = ops.cat((cos[..., :half], -sin[..., :half], sin[..., half:], cos[..., half:]), dim=-1)
+    rotation = ops.cat((narrow(cos, -1, 0, half), -narrow(sin, -1, 0, half), narrow(sin, -1, half, half),
+                        narrow(cos, -1, half, half)), dim=-1)
     return RotaryTables(cos.unsqueeze(2), sin.unsqueeze(2), rotation.reshape(batch, steps, 1, 1, 2, 2, half))
 
 
@@ -124,8 +126,8 @@ def with_identity_group(tables: RotaryTables, rotated_groups: int) -> RotaryTabl
     rotation = tables.rotation
     shape = tuple(rotation.shape)
     eye = ops.eye(2, dtype=rotation.dtype).reshape(1, 1, 1, 1, 2, 2, 1)
-    groups = (rotation.broadcast_to(shape[:2] + (rotated_groups,) + shape[3:]),
-              eye.broadcast_to(shape[:2] + (1,) + shape[3:]))
+    groups = (broadcast_to(rotation, shape[:2] + (rotated_groups,) + shape[3:]),
+              broadcast_to(eye, shape[:2] + (1,) + shape[3:]))
     return tables._replace(rotation=ops.cat(groups, dim=2))
 
 

@@ -23,6 +23,7 @@ from ..generation import GreedyGenerationMixin
 from ..layers.attention import decoder_mask
 from ..layers.decoder import DecoderConfig, DecoderModel
 from ..layers.linear import Linear
+from ..layers.primitives import broadcast_to, narrow
 from ..layers.moe_experts import GatedMLP
 from ..loading import StackedCheckpointMixin
 from ..registry import StockFallbackMixin
@@ -105,11 +106,11 @@ class DecoderForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedCheck
         of unprepared shapes run the portable twins, which give the same bits."""
         device.prepare_kernels(self, self.lm_head.weight.dtype, batch_size)
 
-    def allocate_cache(self, batch_size, max_len):
+    def allocate_cache(self, batch_size, max_len, length_step=CACHE_LENGTH_STEP):
         """The model's static KV cache for batch_size rows of at least max_len positions, with the
         kernels prepared for that batch size.
 
-        Lengths are rounded up to CACHE_LENGTH_STEP so that successive generate calls (the judge's
+        Lengths are rounded up to length_step so that successive generate calls (the judge's
         prefill call, then its decode call, then the next prompt) reuse one allocation.
         """
         config = self.config
@@ -120,7 +121,7 @@ class DecoderForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedCheck
         cache = self._cache
         if cache is not None and cache.batch_size == batch_size and max_len <= cache.max_len:
             return cache
-        length = min(-(-max_len // CACHE_LENGTH_STEP) * CACHE_LENGTH_STEP, config.max_position_embeddings)
+        length = min(-(-max_len // length_step) * length_step, config.max_position_embeddings)
         spec = self.decoder_spec
         self._cache = None  # free the old buffers before allocating new ones
         self._cache = StaticKVCache(spec.num_layers, batch_size, spec.num_kv_heads, length, spec.head_size,
@@ -148,13 +149,13 @@ class DecoderForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedCheck
         else:
             query_slots = cache_position
         if position_ids is None:
-            position_ids = query_slots.reshape(1, steps).broadcast_to((batch, steps))
+            position_ids = broadcast_to(query_slots.reshape(1, steps), (batch, steps))
         mask = decoder_mask(attention_mask, batch, query_slots, cache.max_len if cache is not None else steps,
                             kv_len, hidden.dtype)
         if mask is not None and steps > 1 and not device.pyboost():
             mask = mask.per_head(self.decoder_spec.num_heads)  # see AttentionMask.per_head
         hidden = self.model(hidden, position_ids, mask, cache, cache_position, kv_len)
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
+        if 0 < logits_to_keep < steps:
+            hidden = narrow(hidden, 1, steps - logits_to_keep, logits_to_keep)
         logits = self.lm_head(hidden).float()
         return self.output_class(logits=logits)

@@ -24,7 +24,7 @@ from mindnlp.transformers.models.qwen2_vl import modeling_qwen2_vl as stock_qwen
 from mindnlp.transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VLCausalLMOutputWithPast, Qwen2VLPreTrainedModel
 
 from ..layers.decoder import DecoderConfig
-from ..layers.primitives import take_rows
+from ..layers.primitives import broadcast_to, take_rows
 from .causal_lm import DecoderForCausalLM
 from .qwen2_vl_positions import VisionTokens, host_array, mrope_positions
 from .qwen2_vl_vision import VisionTower
@@ -99,7 +99,7 @@ class Qwen2VLForConditionalGeneration(DecoderForCausalLM, Qwen2VLPreTrainedModel
             position_ids, _ = self.greedy_positions(ids, mask, {"image_grid_thw": image_grid_thw,
                                                                 "video_grid_thw": video_grid_thw})
         elif position_ids.ndim == 2:  # text positions: the same on all three streams
-            position_ids = position_ids.unsqueeze(0).broadcast_to((3,) + tuple(position_ids.shape))
+            position_ids = broadcast_to(position_ids.unsqueeze(0), (3,) + tuple(position_ids.shape))
         return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                                position_ids=position_ids, **kwargs)
 
