@@ -2,10 +2,10 @@
 
 A model class gets this by listing ``GreedyGenerationMixin`` before its PreTrainedModel base. It must provide:
 
-``allocate_cache(batch_size, max_len) -> cache``
-    A static KV cache for ``batch_size`` rows and at least ``max_len`` positions (``cache.max_len``) in the model's
-    dtype, owned by the model (it may hand back a cache it already holds when the shape fits: the masks hide
-    its old contents).
+``allocate_cache(batch_size, max_len, length_step=...) -> cache``
+    A static KV cache for ``batch_size`` rows and at least ``max_len`` positions (``cache.max_len``, a multiple
+    of ``length_step`` where given) in the model's dtype, owned by the model (it may hand back a cache it already
+    holds when the shape fits: the masks hide its old contents).
 
 ``forward(input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache=None,
 cache_position=None, logits_to_keep=0, return_dict=None, kv_len=None, **prefill_inputs)``

@@ -15,6 +15,9 @@ from mindspore import ops
 from mindnlp.core import ops as core_ops
 from mindnlp.transformers.generation.utils import GenerateDecoderOnlyOutput
 
+from .generation_compiled import COMPILED_CACHE_LENGTH_STEP, compiled_decode
+from .layers.primitives import narrow
+
 
 class DecodeState(NamedTuple):
     """What a step reads and hands to the next one (device tensors, fixed shapes after the prompt)."""
@@ -65,15 +68,17 @@ def apply_repetition_penalty(logits, seen, penalty):
 
 def is_eos(tokens, eos):
     """[B] bool: whether each token is one of the EOS ids ([E])."""
-    return ops.equal(tokens[:, None], eos[None, :]).any(-1)
+    return ops.equal(tokens.unsqueeze(1), eos.unsqueeze(0)).any(-1)
 
 
-def decode_step(model, cache, inputs: dict, state: DecodeState, constants: StepConstants, kv_len: int):
+def decode_step(model, cache, inputs: dict, state: DecodeState, constants: StepConstants, kv_len: Optional[int]):
     """One step: `inputs` (input_ids, or the prompt's embeddings) at the state's positions, then the
-    next tokens. Returns (logits [B, V], scores [B, V], tokens [B], the next step's DecodeState)."""
+    next tokens. Returns (logits [B, V], scores [B, V], tokens [B], the next step's DecodeState).
+    kv_len: the filled cache length, or None to attend over the whole cache under the mask (the
+    compiled step, generation_compiled)."""
     outputs = model(**inputs, attention_mask=constants.attention_mask, position_ids=state.position_ids, cache=cache,
                     cache_position=state.cache_position, logits_to_keep=1, kv_len=kv_len)
-    logits = outputs.logits[:, -1, :]
+    logits = outputs.logits.reshape(outputs.logits.shape[0], -1)  # [B, 1, V]: logits_to_keep=1
     scores = logits
     seen, unfinished = state.seen, state.unfinished
     if constants.penalty is not None:
@@ -85,8 +90,8 @@ def decode_step(model, cache, inputs: dict, state: DecodeState, constants: StepC
         tokens = ops.where(unfinished, tokens, constants.pad)
         unfinished = ops.logical_and(unfinished, ops.logical_not(is_eos(tokens, constants.eos)))
     if constants.penalty is not None:
-        seen = mark_seen(seen, tokens[:, None], constants.true_column)
-    cache_position = state.cache_position[-1:] + 1
+        seen = mark_seen(seen, tokens.unsqueeze(1), constants.true_column)
+    cache_position = narrow(state.cache_position, 0, state.cache_position.shape[0] - 1, 1) + 1
     return logits, scores, tokens, DecodeState(cache_position, constants.rope_offset + cache_position, seen, unfinished)
 
 
@@ -119,7 +124,10 @@ def greedy_decode(model, plan, eos_check_every):
     keep_scores = config.return_dict_in_generate and config.output_scores
     prompt = plan.inputs_embeds if plan.inputs_embeds is not None else plan.input_ids
     batch_size, prompt_length = prompt.shape[0], prompt.shape[1]
-    cache = model.allocate_cache(batch_size, prompt_length + plan.steps - 1)
+    compiled = compiled_decode(model)
+    needed = prompt_length + plan.steps - 1
+    cache = (model.allocate_cache(batch_size, needed, COMPILED_CACHE_LENGTH_STEP) if compiled.usable
+             else model.allocate_cache(batch_size, needed))
     state, constants = first_state(model, plan, batch_size, prompt_length, cache.max_len)
     check_every = eos_check_every if constants.eos is not None else 0
     inputs = {"inputs_embeds": plan.inputs_embeds} if plan.inputs_embeds is not None else {"input_ids": plan.input_ids}
@@ -127,7 +135,12 @@ def greedy_decode(model, plan, eos_check_every):
 
     tokens, logits_per_step, scores_per_step, unfinished_per_step = [], [], [], []
     for step in range(plan.steps):
-        logits, scores, next_tokens, state = decode_step(model, cache, inputs, state, constants, prompt_length + step)
+        if step and compiled.usable:
+            logits, scores, next_tokens, state = compiled.step(decode_step, model, cache, next_tokens, state,
+                                                               constants, prompt_length + step)
+        else:
+            logits, scores, next_tokens, state = decode_step(model, cache, inputs, state, constants,
+                                                             prompt_length + step)
         if keep_logits:
             logits_per_step.append(logits)
         if keep_scores:
@@ -138,7 +151,7 @@ def greedy_decode(model, plan, eos_check_every):
         last_step = step + 1 == plan.steps
         if check_every and (step + 1) % check_every == 0 and not last_step and not state.unfinished.any():
             break
-        inputs = {"input_ids": next_tokens[:, None]}
+        inputs = {"input_ids": next_tokens.unsqueeze(1)}
 
     steps_run = steps_stock_runs(unfinished_per_step, len(tokens))
     new_tokens = ops.stack(tokens[:steps_run], 1)
