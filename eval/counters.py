@@ -6,9 +6,10 @@ Both counts come from instrumenting the process, not from estimates:
   kernel launch (FRAMEWORK/cpu_op_execute_timestamp_*.txt) with a wall-clock start time. It
   sees every launch, including those MindSpore issues internally (casts, contiguous copies)
   that a Python-level hook on primitives would miss, and it does not count view ops
-  (reshape, transpose, slicing) that launch no kernel. A `mindspore.jit` graph call is
-  counted as one op named ``jit:<function>``; the kernels launched inside it are kept apart
-  in ``graph_kernels`` because a graph launches them without per-op host dispatch.
+  (reshape, transpose, slicing) that launch no kernel. A `mindspore.jit` graph call (AST or
+  trace capture) is counted as one op named ``jit:<function>``, one host dispatch; the kernels
+  the profiler records inside it are kept apart in ``graph_kernels`` because a graph launches
+  them without per-op host dispatch.
 * Host syncs are counted by wrapping every Tensor method that reads device data on the host
   (asnumpy, item, tolist, bool/int/float/index conversion, __array__, printing), each with
   the first caller outside mindspore and mindnlp's op shim, so offenders read as model lines.
@@ -23,7 +24,9 @@ Steps: the region starts in step 0; each `Region.mark()` starts the next step. F
 generate(), every forward call after the first marks a step, so step 0 (prefill) holds
 generate's setup and the first forward, and step i holds forward i plus generate's own work
 (token selection, stopping checks, input preparation) up to the next forward. The last
-step has no next input to prepare, so it runs a few ops fewer than the others.
+step has no next input to prepare, so it runs a few ops fewer than the others. A decode step
+run as one compiled graph calls no forward: each graph call then starts a step, and a forward
+right after it (the same step run in PyNative to check the graph) belongs to it.
 
 Launch times are attributed to steps by wall clock, which is exact only when each op runs
 inside the Python call that issued it, so counting requires `mindspore.runtime.launch_blocking()`.
@@ -43,6 +46,7 @@ import time
 
 import mindspore
 from mindspore._c_expression import RuntimeConf
+from mindspore.common import jit_trace
 from mindspore.common.api import _JitExecutor, _pynative_executor
 from mindspore.profiler import ProfilerActivity
 from mindspore.profiler.profiler_interface import ProfilerInterface
@@ -245,10 +249,16 @@ class Region:
         self._one_launch_windows = []  # (start ns, end ns, kernel name) of as_one_launch
         self._depth = 0  # inside a counted sync method
         self._jit_depth = 0
+        self._trace_started = None  # (start ns, name) of the trace-mode graph call under way
+        self.on_graph_call = None  # called as a graph call starts (count_generate marks steps with it)
 
     def mark(self):
         """Start the next step."""
         self.marks.append(time.time_ns())
+
+    @property
+    def in_graph_call(self):
+        return self._jit_depth > 0 or self._trace_started is not None
 
     def _wrap_sync(self, method):
         @functools.wraps(method)
@@ -274,6 +284,8 @@ class Region:
     def _wrap_jit(self, call):
         @functools.wraps(call)
         def timed(executor, *args, **kwargs):
+            if self._jit_depth == 0 and self.on_graph_call is not None:
+                self.on_graph_call()
             self._jit_depth += 1
             start = time.time_ns()
             try:
@@ -290,6 +302,33 @@ class Region:
 
         return timed
 
+    def _wrap_trace_begin(self, begin):
+        # A trace-mode graph call (mindspore.jit(capture_mode="trace")) runs from its begin to its end;
+        # the first call also runs the function's body, whose launches count as the graph's.
+        @functools.wraps(begin)
+        def started(fn_name, *args):
+            if self.on_graph_call is not None:
+                self.on_graph_call()  # before the window opens: the call belongs to the step it starts
+            self._trace_started = (time.time_ns(), fn_name.split("#", 1)[0].rsplit(".", 1)[-1])
+            return begin(fn_name, *args)
+
+        return started
+
+    def _wrap_trace_end(self, end):
+        @functools.wraps(end)
+        def ended(*args):
+            try:
+                output = end(*args)
+                _pynative_executor.sync()
+                return output
+            finally:
+                if self._trace_started is not None:
+                    start, name = self._trace_started
+                    self._trace_started = None
+                    self._jit_windows.append((start, time.time_ns(), name))
+
+        return ended
+
     def _install(self, patches):
         for cls in _tensor_classes():
             for name in SYNC_METHODS:
@@ -299,6 +338,8 @@ class Region:
         for name, cls in _data_dependent_primitives():
             patches.replace(cls, "__call__", self._wrap_dd_call(name, cls.__call__))
         patches.replace(_JitExecutor, "__call__", self._wrap_jit(_JitExecutor.__call__))
+        patches.replace(jit_trace, "_jit_trace_begin", self._wrap_trace_begin(jit_trace._jit_trace_begin))
+        patches.replace(jit_trace, "_jit_trace_end", self._wrap_trace_end(jit_trace._jit_trace_end))
 
     def _step_of(self, stamp):
         return bisect.bisect_right(self.marks, stamp)
@@ -420,24 +461,38 @@ def count_region():
 
 @contextlib.contextmanager
 def _marking(model, method_name, region):
-    """Make every call of model.<method_name> after the first start a new step."""
+    """Make every call of model.<method_name> after the first start a new step, and so every call
+    of a compiled graph (a step run as one graph). A call of the method inside a graph call (its
+    trace) is part of that step, as is one right after a graph call: the step run again in PyNative
+    to check the graph (generation_compiled's first steps)."""
     original = getattr(model, method_name, None)
     if not callable(original):
         raise TypeError(f"{type(model).__name__} has no method {method_name!r} to mark steps with")
-    calls = []
+    calls = []  # what started each step: "forward" or "graph"
+
+    def start(kind):
+        if calls:
+            region.mark()
+        calls.append(kind)
 
     @functools.wraps(original)
     def marked(*args, **kwargs):
-        if calls:
-            region.mark()
-        calls.append(None)
+        if region.in_graph_call:
+            pass
+        elif calls and calls[-1] == "graph":
+            calls[-1] = "graph checked"
+        else:
+            start("forward")
         return original(*args, **kwargs)
+
+    region.on_graph_call = lambda: start("graph")
 
     had_own = method_name in vars(model)
     setattr(model, method_name, marked)
     try:
         yield calls
     finally:
+        region.on_graph_call = None
         if had_own:
             setattr(model, method_name, original)
         else:

@@ -18,7 +18,9 @@ report.md and charts.
 On the CPU, ours is also counted on its Ascend path: a fresh fp16 copy (the CPU's stand-in for bf16)
 generates in the as-on-Ascend mode (ascend_mode.py) under the default kernel policy, each fused kernel,
 each F.linear and each matmul of accel's pyboost branches one launch; the cost model predicts ours from those counts, since on the device the
-Ascend path is what runs. On a device nothing is counted (counting needs blocking dispatch, which the
+Ascend path is what runs. That count runs the decode step in PyNative (MINDNLP_ACCEL_JIT=0): with
+jit_level O0 a compiled step launches on the device the same kernels, from one host dispatch. A
+compiled graph call counts as one launch (counters.py), its kernels apart. On a device nothing is counted (counting needs blocking dispatch, which the
 judge's timings do not use). --as-ascend runs every child wholly in that mode (for testing the device
 check's flow here).
 """
@@ -26,6 +28,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import logging
 import os
 import sys
 import time
@@ -103,24 +106,46 @@ def run_child(args):
         mode.assert_no_refusals()
 
 
+class AccelLog(logging.Handler):
+    """What the patched mindnlp logs on the "mindnlp.accel" logger: its messages, and the seconds
+    of the records that carry `compile_seconds` (each compile of a graph)."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.messages, self.compile_s = [], []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+        if hasattr(record, "compile_seconds"):
+            self.compile_s.append(record.compile_seconds)
+
+
 def _measure(args, counters, judge, passcheck):
     import mindspore
 
+    accel_log = AccelLog()
+    logger = logging.getLogger("mindnlp.accel")
+    logger.addHandler(accel_log)
+    logger.setLevel(logging.INFO)
     loaded = judge.load(args.family, args.path, args.variant)
     images = dict(args.images) or None
     run = judge.run_family(args.family, loaded.model, loaded.processor, args.max_new_tokens, images)
+    protocol_compiles = len(accel_log.compile_s)
     case = judge.prompt_cases(args.family, images)[0][1]
     # Counting attributes launches by wall clock, which needs blocking dispatch: on the CPU the child
     # runs blocking throughout; on a device the timings above ran as the judge runs, and nothing is counted.
     on_cpu = mindspore.get_context("device_target") == "CPU"
     counts = count_generate(loaded, case, args, counters, judge) if on_cpu else None
     kernel_decisions, ascend_counts = {}, None
+    logged = {"messages": list(accel_log.messages), "compile_s": list(accel_log.compile_s),
+              "protocol_compiles": protocol_compiles}  # the judge's protocol, then the count
     if args.variant == "ours" and not loaded.ours_is_stock:
         from mindnlp.accel import device
 
         kernel_decisions = device.decisions()  # every fused kernel's self-check in this process
         if on_cpu and not args.as_ascend:
             ascend_counts = count_on_ascend_path(args, counters, judge, case)
+    logging.getLogger("mindnlp.accel").removeHandler(accel_log)
     out_dir = os.path.join(args.out, args.family)
     passcheck.save_target(run, os.path.join(out_dir, "target" if args.variant == "stock" else "candidate"))
     summary = {key: run[key] for key in ("family", "model_class", "max_new_tokens", "decode_rule",
@@ -128,7 +153,7 @@ def _measure(args, counters, judge, passcheck):
     summary.update(model_class=loaded.model_class, variant=args.variant, path=args.path, load_s=loaded.load_s,
                    device_target=mindspore.get_context("device_target"),
                    ours_is_stock=loaded.ours_is_stock, counts=counts and counts.to_dict(), ascend_counts=ascend_counts,
-                   kernel_decisions=kernel_decisions,
+                   kernel_decisions=kernel_decisions, accel_log=logged,
                    prompts=[{k: v for k, v in p.items() if k != "logits"} for p in run["prompts"]])
     with open(os.path.join(out_dir, f"{args.variant}.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=2)
@@ -163,12 +188,26 @@ def count_on_ascend_path(args, counters, judge, case):
     import mindspore
     from ascend_mode import AscendMode
 
-    with AscendMode() as mode:
+    with AscendMode() as mode, _environment(MINDNLP_ACCEL_JIT="0"):
         loaded = judge.load(args.family, args.path, "ours", dtype=mindspore.float16)
         counts = count_generate(loaded, case, args, counters, judge)
         del loaded
     mode.assert_no_refusals()
     return counts.to_dict()
+
+
+@contextlib.contextmanager
+def _environment(**values):
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name)
+            else:
+                os.environ[name] = value
 
 
 def cpu_ticks(stat_path="/proc/stat"):
@@ -231,6 +270,23 @@ def spawn(family, variant, path, args, progress, what):
           f"decode {result['decode_per_token_s']:.4f} s/token"
           + ("" if steal is None else f", {100 * steal:.1f}% of CPU time stolen by the host"), flush=True)
     return result
+
+
+def compile_notes(family, ours):
+    """The report's lines on what ours compiled (each graph's compile time; the compiles in the
+    judge's protocol apart from those of the count) and on what accel decided about its compiled step."""
+    logged = ours.get("accel_log") or {}
+    notes = []
+    if logged.get("compile_s"):
+        seconds = logged["compile_s"]
+        protocol = logged["protocol_compiles"]
+        notes.append(f"{family}: ours compiled its decode step {protocol} time(s) in the judge's protocol (warm-up "
+                     f"and timed prompts: " + ", ".join(f"{s:.2f} s" for s in seconds[:protocol])
+                     + f") and {len(seconds) - protocol} time(s) in the counted generate; a compile after the first "
+                     "is a new cache bucket or step layout, and falls in the timed figures unless the warm-up had it")
+    notes += [f"{family}: {message}" for message in logged.get("messages", []) if "adopted" in message
+              or "not used" in message or "disabled" in message]
+    return notes
 
 
 def report_row(result, checks=None):
@@ -320,6 +376,7 @@ def main(argv=None):
             ours = spawn(family, "ours", path, args, progress, what)
             device_targets.add(ours["device_target"])
             rows.append(report_row(ours))
+            notes += compile_notes(family, ours)
             notes.append(f"{family}: {what}; ours is {ours['model_class']}; stock is unavailable on this base "
                          f"(no {judge.STOCK_CLASSES[family][0]}: run on a branch base for stock and the pass check)")
             continue
@@ -338,6 +395,7 @@ def main(argv=None):
                         if ours["ours_is_stock"] else ""))
         if family in STOCK_ON_CPU and stock["counts"] is not None:  # counted means it ran on the CPU
             notes.append(f"{family}: {STOCK_ON_CPU[family][1]}")
+        notes += compile_notes(family, ours)
         if stock.get("processor_s") is not None:
             notes.append(f"{family}: the processor's share of prefill (its call; for janus with the image file's "
                          f"load, as the judge times it): stock "

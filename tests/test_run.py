@@ -56,3 +56,28 @@ def test_cpu_steal_share_from_proc_stat(tmp_path):
     assert run_module.steal_share(before, after) == pytest.approx(50 / 290)
     assert run_module.steal_share(None, after) is None
     assert run_module.cpu_ticks(str(tmp_path / "missing")) is None
+
+
+def test_compile_times_and_the_verdict_reach_the_report():
+    sys.path.insert(0, os.path.join(ROOT, "eval"))
+    import logging
+
+    import run as run_module
+
+    log = run_module.AccelLog()
+    logger = logging.getLogger("mindnlp.accel.test")
+    logger.addHandler(log)
+    logger.setLevel(logging.INFO)
+    try:
+        logger.info("compiled in %.2f s", 1.5, extra={"compile_seconds": 1.5})
+        logger.info("compiled decode step adopted for batch 1")
+        logger.info("compiled in %.2f s", 0.25, extra={"compile_seconds": 0.25})
+    finally:
+        logger.removeHandler(log)
+    assert log.compile_s == [1.5, 0.25] and len(log.messages) == 3
+    ours = {"accel_log": {"messages": log.messages, "compile_s": log.compile_s, "protocol_compiles": 1}}
+    notes = run_module.compile_notes("qwen2_moe", ours)
+    assert "1 time(s) in the judge's protocol" in notes[0] and "1.50 s" in notes[0]
+    assert "1 time(s) in the counted generate" in notes[0]
+    assert notes[1] == "qwen2_moe: compiled decode step adopted for batch 1"
+    assert run_module.compile_notes("llama", {"accel_log": {"messages": [], "compile_s": []}}) == []
