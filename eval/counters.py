@@ -198,6 +198,39 @@ class _Patches:
         self._saved.clear()
 
 
+class _CountedTraceRecorder:
+    """jit_trace.tr (MindSpore's TraceRecorder) while counting: a run_graph outside a trace-mode call,
+    which runs a traced graph again by its phase, is a graph call like the others."""
+
+    def __init__(self, recorder, region):
+        self._recorder, self._region = recorder, region
+
+    def get_instance(self):
+        return _CountedRecorderInstance(self._recorder.get_instance(), self._region)
+
+
+class _CountedRecorderInstance:
+    def __init__(self, instance, region):
+        self._instance, self._region = instance, region
+
+    def __getattr__(self, name):
+        return getattr(self._instance, name)
+
+    def run_graph(self, phase, *args):
+        region = self._region
+        if region.in_graph_call:
+            return self._instance.run_graph(phase, *args)
+        if region.on_graph_call is not None:
+            region.on_graph_call()
+        start = time.time_ns()
+        try:
+            output = self._instance.run_graph(phase, *args)
+            _pynative_executor.sync()
+            return output
+        finally:
+            region._jit_windows.append((start, time.time_ns(), phase.split("#", 1)[0].rsplit(".", 1)[-1]))
+
+
 def _tensor_classes():
     classes = [mindspore.Tensor]
     try:
@@ -340,6 +373,7 @@ class Region:
         patches.replace(_JitExecutor, "__call__", self._wrap_jit(_JitExecutor.__call__))
         patches.replace(jit_trace, "_jit_trace_begin", self._wrap_trace_begin(jit_trace._jit_trace_begin))
         patches.replace(jit_trace, "_jit_trace_end", self._wrap_trace_end(jit_trace._jit_trace_end))
+        patches.replace(jit_trace, "tr", _CountedTraceRecorder(jit_trace.tr, self))
 
     def _step_of(self, stamp):
         return bisect.bisect_right(self.marks, stamp)
