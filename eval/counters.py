@@ -343,7 +343,11 @@ class Region:
             if self.on_graph_call is not None:
                 self.on_graph_call()  # before the window opens: the call belongs to the step it starts
             self._trace_started = (time.time_ns(), fn_name.split("#", 1)[0].rsplit(".", 1)[-1])
-            return begin(fn_name, *args)
+            try:
+                return begin(fn_name, *args)
+            except BaseException:
+                self._trace_started = None
+                raise
 
         return started
 

@@ -150,6 +150,24 @@ def test_a_disagreement_at_the_trust_steps_refuses_the_compiled_step(tiny, monke
     assert len(steps_run) == TRUST_STEPS  # refused for the process: never run again
 
 
+def test_an_adopted_graph_that_fails_to_run_falls_back_to_pynative(tiny, monkeypatch):
+    expected = pynative_reference(tiny, monkeypatch)
+    tiny.__dict__.pop("_compiled_decode")
+    generate(tiny, monkeypatch, True, PROMPTS[0])
+    compiled = compiled_decode(tiny)
+    assert compiled.verdict == "adopted"
+
+    def failing_run(*tensors):
+        raise RuntimeError("device lost")
+
+    for graph in tiny._cache.__dict__["_compiled_steps"][compiled].values():
+        graph.run = failing_run
+    with pytest.warns(RuntimeWarning, match="failed to compile or run .*device lost"):
+        got = generate(tiny, monkeypatch, True, PROMPTS[0])
+    assert_same_generation(expected, got)
+    assert compiled.verdict.startswith("failed to compile or run")
+
+
 def test_the_switch_disables_it(tiny, monkeypatch):
     expected = pynative_reference(tiny, monkeypatch)
     assert_same_generation(expected, generate(tiny, monkeypatch, False, PROMPTS[0]))

@@ -24,11 +24,12 @@ in place. Later calls run the traced graph by its phase (_replay), as MindSpore'
 would, without the wrapper's debug messages, which read every tensor back to the host. MindSpore keys traced graphs by function name and id, so each step function gets a name
 of its own.
 
-Trust. The first TRUST_STEPS decode steps of the process run both ways, compiled first, then
-PyNative (which rewrites the same cache slots and gives the step's result). The compiled step is
-adopted for the rest of the process only if at every one of them its argmax equals PyNative's and
-its softmax is within SOFTMAX_ATOL; a disagreement or a compile error refuses it for the process,
-with one warning. An error raised while the step is traced is caught inside the step, which then
+Trust. The first TRUST_STEPS decode steps of each graph run both ways, compiled first, then
+PyNative (which rewrites the same cache slots and gives the step's result). A graph is used alone
+only if at every one of them its argmax equals PyNative's, its softmax is within SOFTMAX_ATOL and
+its tokens and next-step state are equal; a disagreement or a compile or run error refuses the
+compiled step for the model for the rest of the process (also graphs adopted before), with one
+warning, and that step's result is PyNative's. An error raised while the step is traced is caught inside the step, which then
 returns a placeholder so that the trace ends normally, and is re-raised after it: MindSpore 2.6 has
 no way to abort a trace, and one left open sends every later operator to its recorder, which fails. MINDNLP_ACCEL_JIT=0 disables it. The decision and its reason are logged once on
 the "mindnlp.accel" logger, as is each compile with its time (eval/run.py reports them).
@@ -79,7 +80,6 @@ class CompiledDecode:
         self.verdict: Optional[str] = None if jit_enabled() else f"disabled by {JIT_ENV}=0"
         self.compiles = 0
         self.compile_seconds = 0.0
-        self._graphs = weakref.WeakKeyDictionary()  # cache -> {layout: _Graph}
         if self.verdict is not None:
             logger.info("mindnlp.accel: compiled decode step %s", self.verdict)
 
@@ -93,19 +93,21 @@ class CompiledDecode:
         NamedTuples of tensors, None or (constants) Python values."""
         inputs = {"input_ids": tokens.unsqueeze(1)}
         layout, tensors = _flatten(inputs["input_ids"], state, constants)
-        graphs = self._graphs.setdefault(cache, {})
+        # held by the cache, so that a cache dropped for a longer one takes its graphs along
+        graphs = cache.__dict__.setdefault("_compiled_steps", weakref.WeakKeyDictionary()).setdefault(self, {})
         graph = graphs.get(layout)
         if graph is None:
             graph = graphs[layout] = _Graph(self._compile(decode_step, model, cache, layout))
-        if graph.agreed >= TRUST_STEPS:
-            return self._run(graph, cache, tensors, state)
         try:
             compiled = self._run(graph, cache, tensors, state)
-        except Exception as err:  # noqa: BLE001 - any capture or compile failure means "stay in PyNative"
-            compiled, problem = None, f"failed to compile ({type(err).__name__}: {err})"
+        except Exception as err:  # noqa: BLE001 - any capture, compile or run failure means "stay in PyNative"
+            compiled, problem = None, f"failed to compile or run ({type(err).__name__}: {err})"
+        else:
+            if graph.agreed >= TRUST_STEPS:
+                return compiled
         eager = decode_step(model, cache, inputs, state, constants, kv_len)
         if compiled is not None:
-            problem = _disagreement(compiled[0], eager[0])
+            problem = _disagreement(compiled, eager)
         if problem is None:
             graph.agreed += 1
             if graph.agreed == TRUST_STEPS:
@@ -154,6 +156,7 @@ class CompiledDecode:
         run = _capture(step)
 
         def compiled(*tensors):
+            failed.clear()
             try:
                 out = run(*tensors)
             except Exception:
@@ -228,12 +231,13 @@ def _flatten(input_ids, state, constants):
             else:
                 kinds.append(value)
         layout.append((type(group), tuple(kinds)))
+    layout.append(tuple((tuple(t.shape), t.dtype) for t in tensors))  # a new shape is a new graph, checked anew
     return tuple(layout), tuple(tensors)
 
 
 def _unflatten(layout, tensors):
     supplied = iter(tensors[1:])
-    groups = [kind(*(next(supplied) if value is _TENSOR else value for value in kinds)) for kind, kinds in layout]
+    groups = [kind(*(next(supplied) if value is _TENSOR else value for value in kinds)) for kind, kinds in layout[:2]]
     return (tensors[0], *groups)
 
 
@@ -249,11 +253,17 @@ class _Tensor:
 _TENSOR = _Tensor()
 
 
-def _disagreement(compiled_logits, eager_logits) -> Optional[str]:
-    """None if argmax is equal and softmax within SOFTMAX_ATOL (fp32), else how they differ."""
-    got, want = compiled_logits.astype(mindspore.float32).asnumpy(), eager_logits.astype(mindspore.float32).asnumpy()
-    if not np.isfinite(got).all() or (got.argmax(-1) != want.argmax(-1)).any():
+def _disagreement(compiled, eager) -> Optional[str]:
+    """None if the two steps' (logits, scores, tokens, next state) agree: argmax equal and softmax
+    within SOFTMAX_ATOL (fp32), tokens and every state tensor equal; else how they differ."""
+    got, want = compiled[0].astype(mindspore.float32).asnumpy(), eager[0].astype(mindspore.float32).asnumpy()
+    if not np.isfinite(got).all():
+        return "gave logits that are not finite"
+    if (got.argmax(-1) != want.argmax(-1)).any():
         return "chose other tokens than PyNative"
+    exact = [(compiled[2], eager[2])] + [(a, b) for a, b in zip(compiled[3], eager[3]) if a is not None]
+    if any(not np.array_equal(a.asnumpy(), b.asnumpy()) for a, b in exact):
+        return "gave other tokens or next-step state than PyNative"
     diff = float(np.abs(_softmax(got) - _softmax(want)).max())
     if diff > SOFTMAX_ATOL:
         return f"differs from PyNative (softmax by {diff:.3g}, more than {SOFTMAX_ATOL})"
@@ -283,12 +293,13 @@ def untraced_calls_refused():
                 setattr(Tensor, name, method)
 
 
+_MINDSPORE_DIR = os.path.dirname(mindspore.__file__) + os.sep
 _UNTRACED = ("__getitem__", "broadcast_to", "asnumpy", "item", "tolist", "__bool__", "__int__", "__float__")
 
 
 def _refusing(name, method):
     def refuse(self, *args, **kwargs):
-        if os.sep + "mindspore" + os.sep in sys._getframe(1).f_code.co_filename:
+        if sys._getframe(1).f_code.co_filename.startswith(_MINDSPORE_DIR):
             return method(self, *args, **kwargs)
         if name == "__getitem__":
             index = args[0] if isinstance(args[0], tuple) else (args[0],)
