@@ -73,13 +73,12 @@ class CompiledDecode:
     """One model's compiled decode steps and the verdict on them.
 
     verdict: None until a graph is trusted, then "adopted"; or why PyNative is used. compiles counts
-    traces (a trace runs the step's Python body; a replay does not), compile_seconds their time.
+    traces (a trace runs the step's Python body; a replay does not); each is logged with its time.
     """
 
     def __init__(self):
         self.verdict: Optional[str] = None if jit_enabled() else f"disabled by {JIT_ENV}=0"
         self.compiles = 0
-        self.compile_seconds = 0.0
         if self.verdict is not None:
             logger.info("mindnlp.accel: compiled decode step %s", self.verdict)
 
@@ -131,7 +130,6 @@ class CompiledDecode:
             with _caller_lines_without_source(), _op_arguments_kept_alive():
                 out = graph.run(*tensors)
             seconds = time.perf_counter() - started
-            self.compile_seconds += seconds
             logger.info("mindnlp.accel: compiled decode step for batch %d, cache length %d in %.2f s",
                         cache.batch_size, cache.max_len, seconds, extra={"compile_seconds": seconds})
         logits, scores, tokens = out[:3]
@@ -190,19 +188,19 @@ class _Graph:
 
 def _capture(step):
     """`step` compiled by trace capture, without passes that change arithmetic (module docstring);
-    a later call with arguments of the same shapes and dtypes replays the graph (_replay)."""
+    later calls replay the graph (_replay). Every call has the arguments' shapes and dtypes of the
+    first: they are part of the step's layout (_flatten)."""
     traced = mindspore.jit(step, capture_mode="trace", jit_level="O0")
-    replays = {}  # the arguments' shapes and dtypes -> the phase MindSpore traced for them
+    phase = []  # the phase MindSpore traced, once it has
 
     def run(*tensors):
-        signature = tuple((tuple(t.shape), t.dtype) for t in tensors)
-        if signature in replays:
-            return _replay(replays[signature], tensors)
+        if phase:
+            return _replay(phase[0], tensors)
         before = set(jit_trace._trace_compile_cache)  # pylint: disable=protected-access
         out = traced(*tensors)
-        phases = jit_trace._trace_compile_cache - before  # pylint: disable=protected-access
-        if len(phases) == 1:
-            replays[signature] = phases.pop()
+        phase.extend(jit_trace._trace_compile_cache - before)  # pylint: disable=protected-access
+        if len(phase) != 1:
+            phase.clear()  # not one new phase: keep calling the wrapper, which finds its own
         return out
 
     return run
