@@ -161,8 +161,8 @@ def test_rotary_rms_norm_and_grouped_matmul_stand_ins_compute_the_kernels_formul
 
 # ---------------------------------------------------------------- whole models on the Ascend branches
 
-def load(family, dtype):
-    path = fixtures.ensure(family, "tiny", FIXTURES)
+def load(family, dtype, size="tiny"):
+    path = fixtures.ensure(family, size, FIXTURES)
     auto = mindnlp.transformers.Qwen2VLForConditionalGeneration if family == "qwen2_vl" else AutoModelForCausalLM
     return auto.from_pretrained(path, ms_dtype=dtype).set_train(False)
 
@@ -295,7 +295,8 @@ def test_the_fused_vision_attention_is_adopted_where_its_self_check_agrees(monke
 def test_coverage_of_ascend_only_regions(monkeypatch):
     """Every Ascend-only region of mindnlp/accel runs when each model generates in the mode, with the
     default policy in fp32 and with every fused kernel admitted in fp16, or is named in NOT_ENTERED with
-    the reason. Writes eval_output/ascend_coverage.md (region, lines run)."""
+    the reason. The models are the "mixed" fixtures: their top-3 routing is what takes the MoE
+    combine's running sum. Writes eval_output/ascend_coverage.md (region, lines run)."""
     accel = os.path.dirname(mindnlp.accel.__file__)
     regions = ascend_coverage.accel_regions(accel)
     assert regions, "no Ascend-only region found: the finder is broken"
@@ -307,7 +308,7 @@ def test_coverage_of_ascend_only_regions(monkeypatch):
                 warnings.simplefilter("ignore")
                 recorder.start()
                 try:
-                    load(family, dtype).generate(**PROMPT)
+                    load(family, dtype, "mixed").generate(**PROMPT)
                 finally:
                     recorder.stop()
             mode.assert_no_refusals()

@@ -238,12 +238,13 @@ def test_layers_follow_first_k_dense_replace_and_moe_layer_freq(fixture_path):
 
 # Per decode token in fp32 (where stock's casts launch nothing), each one of stock's own arithmetic
 # steps, measured on both fixtures: a dense layer 28, as Llama's (Qwen2-MoE's 29 adds the q/k/v
-# bias); a sparse layer 41 + top_k, 3 more when the routing weights are renormalised (ReduceSum,
-# the Add of 1e-20, the division). Against Qwen2-MoE's sparse layer (44 + top_k): no q/k/v bias and
-# no shared-expert gate (its MatMul block is shared with the router; Sigmoid, Mul).
+# bias); a sparse layer 41 and those of its expert sum (42 at deepseek's top-6), 3 more when the
+# routing weights are renormalised (ReduceSum, the Add of 1e-20, the division). Against Qwen2-MoE's
+# sparse layer (44 and the sum): no q/k/v bias and no shared-expert gate (its MatMul block is shared
+# with the router; Sigmoid, Mul).
 def layer_launches(config):
     top_k = config.num_experts_per_tok
-    sparse = 41 + top_k + (3 if config.norm_topk_prob and top_k > 1 else 0)
+    sparse = 41 + greedy_checks.expert_sum_launches(top_k) + (3 if config.norm_topk_prob and top_k > 1 else 0)
     return [sparse if is_sparse_layer(config, i) else 28 for i in range(config.num_hidden_layers)]
 
 

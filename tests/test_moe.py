@@ -11,7 +11,7 @@ from mindnlp.transformers import Qwen2MoeConfig
 from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoeMLP, Qwen2MoeSparseMoeBlock
 
 from greedy_checks import assert_moe_prefill_matches, matmul_rows_depend_on_count
-from mindnlp.accel.layers import moe as moe_module
+from mindnlp.accel.layers import moe as moe_module, moe_router
 from mindnlp.accel.layers.moe import SparseMoe
 from mindnlp.accel.layers.moe_experts import (GatedMLP, dense_outputs, gathered_outputs, grouped_mm_twin,
                                              grouped_outputs)
@@ -198,9 +198,14 @@ def test_decode_gather_equals_prefill_paths(tokens):
     assert_moe_prefill_matches(grouped, dense)
 
 
-@pytest.mark.parametrize("tokens, path", [(1, "gathered"), (3, "dense"), (17, "dense")])
-def test_forward_picks_gather_only_below_one_row_per_expert(tokens, path, monkeypatch):
+@pytest.mark.parametrize("tokens, budget, path", [(1, None, "gathered"), (3, None, "gathered"), (17, None, "gathered"),
+                                                  (1, 0, "gathered"), (3, 0, "dense"), (17, 0, "dense")])
+def test_forward_gathers_below_one_row_per_expert_or_within_the_budget(tokens, budget, path, monkeypatch):
+    """Fewer rows than experts always gather; more gather only while the weight copies fit the
+    budget (12 and 68 rows of 4.6 KiB fit the default; none fits a budget of 0)."""
     _, ours = stock_and_ours(qwen_config(top_k=4))
+    if budget is not None:
+        monkeypatch.setattr(moe_module, "GATHER_BUDGET_BYTES", budget)
     used = []
     for name, real in (("gathered", gathered_outputs), ("dense", dense_outputs)):
         monkeypatch.setattr(moe_module, f"{name}_outputs",
@@ -208,6 +213,11 @@ def test_forward_picks_gather_only_below_one_row_per_expert(tokens, path, monkey
     moe_module.device.reset_choices()
     ours(random_hidden((tokens, HIDDEN), seed=4))
     assert used == [path]
+
+
+def test_bytes_per_expert_counts_gate_up_and_down_as_stored():
+    _, ours = stock_and_ours(qwen_config(top_k=4), mindspore.float16)
+    assert ours.experts.bytes_per_expert() == 3 * HIDDEN * INTER * 2
 
 
 def test_prefill_uses_dense_twin_off_ascend():
@@ -268,6 +278,67 @@ def test_self_check_inputs_route_each_token_to_two_distinct_ascending_experts():
     assert np.isfinite(dense.asnumpy()).all() and np.abs(dense.asnumpy()).max() > 0.1
 
 
+@pytest.mark.parametrize("dtype", [mindspore.float32, mindspore.float16])
+@pytest.mark.parametrize("tokens", [1, 5])
+def test_running_sum_combine_is_bitwise_the_adds(dtype, tokens):
+    rng = np.random.default_rng(tokens)
+    weighted = Tensor(rng.standard_normal((tokens, 6, HIDDEN)) * np.exp(2 * rng.standard_normal((tokens, 6, 1))), dtype)
+    order = Tensor(np.argsort(rng.standard_normal((tokens, 6)), -1).astype(np.int32))
+    adds = moe_module.combine_in_expert_order(weighted, order).asnumpy()
+    running = moe_module.combine_in_expert_order(weighted, order, running_sum=True).asnumpy()
+    assert_bits_equal(running, adds)
+    assert moe_module.running_sum_is_exact(dtype, 6, HIDDEN, tokens)
+
+
+def test_running_sum_that_rounds_once_is_refused(monkeypatch):
+    """A cumsum accumulating fp16 in float32 (rounding each partial sum once, from the wide total)
+    gives other bits in some sums: the check must refuse it, and SparseMoe then keeps the Adds."""
+    def wide_cumsum(x, axis):
+        return moe_module.ops.cumsum(x.to(mindspore.float32), axis).to(x.dtype)
+
+    monkeypatch.setattr(moe_module, "cumsum", wide_cumsum)
+    monkeypatch.setattr(moe_module, "_RUNNING_SUM_EXACT", {})
+    assert not moe_module.running_sum_is_exact(mindspore.float16, 6, HIDDEN, 1)
+    _, ours = stock_and_ours(qwen_config(top_k=4), mindspore.float16)
+    ours.prepare_kernels(mindspore.float16, 1)
+    assert ours._running_sum[mindspore.float16] is False
+
+
+def test_prepared_block_uses_the_running_sum_and_int_keys_here():
+    """On this CPU both checks pass (the launch counts of tests/test_deepseek.py rely on it)."""
+    _, ours = stock_and_ours(qwen_config(top_k=4))
+    ours.prepare_kernels(mindspore.float32, 1)
+    assert ours._running_sum[mindspore.float32] is True and ours._int_sort_keys is True
+
+
+def test_int_keys_order_the_slots_as_float_keys():
+    router = RouterConfig(EXPERTS, 3)
+    logits = random_hidden((11, EXPERTS), seed=12)
+    by_float, by_int = route(logits, router, mindspore.float32), route(logits, router, mindspore.float32, int_keys=True)
+    np.testing.assert_array_equal(by_int.order.asnumpy(), by_float.order.asnumpy())
+    ascending = np.take_along_axis(by_int.experts.asnumpy(), by_int.order.asnumpy(), -1)
+    assert (np.diff(ascending, axis=-1) > 0).all()
+
+
+FLOAT_KEYS = (mindspore.float16, mindspore.float32)
+
+
+@pytest.mark.parametrize("int_sort", ["raises", "descends"])
+def test_int_keys_refused_where_sort_does_not_order_ints(int_sort, monkeypatch):
+    real = moe_router.sort_last
+
+    def sort(keys):
+        if keys.dtype in FLOAT_KEYS:
+            return real(keys)
+        if int_sort == "raises":
+            raise TypeError("Sort takes float keys")
+        return real(-keys)
+
+    monkeypatch.setattr(moe_router, "sort_last", sort)
+    monkeypatch.setattr(moe_router, "_INT_KEYS_EXACT", {})
+    assert moe_router.int_sort_keys_exact(RouterConfig(EXPERTS, 2)) is False
+
+
 # ---- fp16: the order and dtype of the expert sum ----
 
 def exact_state(rng):
@@ -290,10 +361,13 @@ def exact_state(rng):
     return state
 
 
-@pytest.mark.parametrize("batch, tokens", [(1, 1), (2, 17)])  # gathered (4 rows < 8 experts), dense
-def test_fp16_sum_is_bitwise_stock(batch, tokens):
+@pytest.mark.parametrize("prepared", [False, True])  # the Adds and float keys; the running sum and int keys
+@pytest.mark.parametrize("batch, tokens", [(1, 1), (2, 17)])  # 4 rows < 8 experts, 136 rows gathered
+def test_fp16_sum_is_bitwise_stock(batch, tokens, prepared):
     rng = np.random.default_rng(0)
     stock, ours = stock_and_ours(qwen_config(top_k=4), mindspore.float16, exact_state(rng))
+    if prepared:
+        ours.prepare_kernels(mindspore.float16, batch)
     x = Tensor(rng.integers(-3, 4, (batch, tokens, HIDDEN)), mindspore.float16)
     expected, _ = stock(x)
     got = ours(x)

@@ -94,9 +94,10 @@ def test_unsupported_config_builds_stock(fixture_path):
 
 
 def layer_launches(config):
-    """BENCHMARKS.md's breakdown: a sparse layer launches 44 + top_k kernels per decode token (48 at
-    Qwen1.5-MoE's top-4), two more when the routing weights are renormalised; a dense layer 29."""
-    sparse = 44 + config.num_experts_per_tok + (2 if config.norm_topk_prob else 0)
+    """BENCHMARKS.md's breakdown: a sparse layer launches 44 kernels per decode token and those of its
+    expert sum (45 at Qwen1.5-MoE's top-4), two more when the routing weights are renormalised; a
+    dense layer 29."""
+    sparse = 44 + greedy_checks.expert_sum_launches(config.num_experts_per_tok) + (2 if config.norm_topk_prob else 0)
     return [sparse if is_sparse_layer(config, i) else 29 for i in range(config.num_hidden_layers)]
 
 

@@ -76,6 +76,11 @@ class StackedExperts(SlotLoadedModule):
         _uniform_like_linear(self.gate_up_weight, hidden_size)
         _uniform_like_linear(self.down_weight, intermediate_size)
 
+    def bytes_per_expert(self) -> int:
+        """Bytes of one expert's weights (gate, up and down), as stored."""
+        weights = (self.gate_up_weight, self.down_weight)
+        return sum(w.size * w.itemsize for w in weights) // self.num_experts
+
 
 def gathered_outputs(module: StackedExperts, x, experts):
     tokens, top_k = experts.shape

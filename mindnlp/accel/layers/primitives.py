@@ -19,6 +19,7 @@ _matmul = msops.MatMul()
 _batch_matmul = msops.BatchMatMul()
 _gather = msops.Gather()
 _sort_last = msops.Sort(-1)
+_cumsum = msops.CumSum()
 _scatter_update = msops.ScatterUpdate()
 _softmax_last = msops.Softmax(-1)
 _real_div = msops.RealDiv()
@@ -64,6 +65,13 @@ def divide(x, value: float):
 def sort_last(keys):
     """(sorted keys, order) ascending along the last axis (float keys sort on every backend)."""
     return _sort_last(keys)
+
+
+def cumsum(x, axis: int):
+    """Running sums of x along `axis` in x's dtype: the kernel stock's ops.cumsum launches on each path."""
+    if device.pyboost():
+        return ops.cumsum(x, axis)
+    return _cumsum(x, axis)
 
 
 def topk_last(x, k: int, sorted_: bool = True):
