@@ -264,6 +264,22 @@ def test_identity_group_rotates_q_and_k_and_keeps_v(dtype):
     assert_bits_equal(joint[:, :, 6:], qkv[:, :, 6:])
 
 
+@pytest.mark.parametrize("form", ["table", "matmul"])
+@pytest.mark.parametrize("dtype", [F32, F16])
+def test_grouped_tables_are_the_identity_group_tables(form, dtype):
+    """The table form gathers every position's tables from rows built once: the same values as
+    building them per forward, for a prompt and for one decode position, in either dtype."""
+    rope = RotaryEmbedding(16, base=1e6, form=form, max_positions=64)
+    for positions in (stock_positions(PADDED), [[11], [40]]):
+        ids = tensor(positions, mindspore.int64)
+        built = with_identity_group(rope(ids, dtype), 3)
+        gathered = rope.grouped(ids, dtype, 3)
+        for got, want in zip(gathered, built):
+            assert got.shape == want.shape
+            assert_bits_equal(got, want)
+    assert len(rope._position_rows) == (1 if form == "table" else 0)
+
+
 # ---------------------------------------------------------------- Linear
 
 @pytest.mark.parametrize("shape", [(1, 48), (3, 5, 48)])

@@ -13,7 +13,7 @@ from mindnlp.core import nn
 
 from .attention import Attention
 from .norm import RMSNorm
-from .rotary import RotaryEmbedding, with_identity_group
+from .rotary import RotaryEmbedding
 
 
 @dataclass(frozen=True)
@@ -90,7 +90,7 @@ class DecoderModel(nn.Module):
                                       max_positions=spec.max_positions, mrope_section=spec.mrope_section)
 
     def forward(self, hidden, position_ids, mask, cache=None, cache_position=None, kv_len=None):
-        rope = with_identity_group(self.rotary(position_ids, hidden.dtype), self.layers[0].self_attn.rotated_groups)
+        rope = self.rotary.grouped(position_ids, hidden.dtype, self.layers[0].self_attn.rotated_groups)
         cache_write = cache.prepare(cache_position) if cache is not None else None
         for layer in self.layers:
             hidden = layer(hidden, rope, mask, cache, cache_write, kv_len)

@@ -21,7 +21,7 @@ from mindspore import Tensor
 from mindnlp.core import nn, ops
 
 from .. import device
-from .primitives import broadcast_to, narrow
+from .primitives import broadcast_to, narrow, take_rows
 
 FORMS = ("table", "matmul")
 
@@ -77,6 +77,7 @@ class RotaryEmbedding(nn.Module):
             cos, sin = self._cos_sin(ops.outer(positions, self.inv_freq))
             self.register_buffer("cos_table", cos, persistent=False)
             self.register_buffer("sin_table", sin, persistent=False)
+        self._position_rows = {}  # (dtype, rotated_groups) -> every position's tables (form "table")
 
     def forward(self, position_ids, dtype) -> RotaryTables:
         if self.form == "table":
@@ -86,6 +87,27 @@ class RotaryEmbedding(nn.Module):
         if self.mrope_section is not None:
             cos, sin = self._select_sections(cos), self._select_sections(sin)
         return make_tables(cos.to(dtype), sin.to(dtype))
+
+    def grouped(self, position_ids, dtype, rotated_groups: int) -> RotaryTables:
+        """with_identity_group(self(position_ids, dtype), rotated_groups), the same values.
+
+        For the form "table" every position's cos, sin and rotation are one row of a table built
+        once per dtype and group count from stock's tables (a cast, negation and copies, all exact),
+        so a forward gathers one row per position: one launch where building them takes eight."""
+        if self.form != "table":
+            return with_identity_group(self(position_ids, dtype), rotated_groups)
+        key = (dtype, rotated_groups)
+        if key not in self._position_rows:
+            every = with_identity_group(make_tables(self.cos_table.to(dtype).unsqueeze(0),
+                                                    self.sin_table.to(dtype).unsqueeze(0)), rotated_groups)
+            self._position_rows[key] = ops.cat([t.reshape(self.max_positions, -1) for t in every], dim=-1)
+        batch, steps = position_ids.shape
+        rows = take_rows(self._position_rows[key], position_ids.reshape(-1))
+        dim, half = self.head_dim, self.head_dim // 2
+        return RotaryTables(narrow(rows, 1, 0, dim).reshape(batch, steps, 1, dim),
+                            narrow(rows, 1, dim, dim).reshape(batch, steps, 1, dim),
+                            narrow(rows, 1, 2 * dim, 4 * half * (rotated_groups + 1)).reshape(
+                                batch, steps, rotated_groups + 1, 1, 2, 2, half))
 
     def _matmul_angles(self, position_ids):
         """fp32 angles [..., S, head_dim // 2] for int positions [..., S] ([B, S] or [3, B, S])."""
