@@ -12,6 +12,7 @@ import demo_images
 import fixture_tokenizer
 import fixtures
 import judge
+import run
 
 LOADABLE = ("qwen2_moe", "deepseek", "qwen2_vl", "llama")
 
@@ -193,7 +194,8 @@ def stock_generate(family, path, max_new_tokens=4):
     """Load family's tiny fixture into stock mindnlp's class and decode greedily.
 
     The stock class is named explicitly: once mindnlp.accel installs itself the auto classes
-    resolve to ours, and this test is about the fixture matching stock's checkpoint layout.
+    resolve to ours, and this test is about the fixture matching stock's checkpoint layout. Stock
+    runs with the harness's CPU stand-ins where it needs them (deepseek and Qwen2-VL on the branch).
     """
     import mindspore
     from mindnlp.transformers import AutoProcessor, AutoTokenizer
@@ -210,8 +212,9 @@ def stock_generate(family, path, max_new_tokens=4):
         inputs = tokenizer(["The city council said the new plan"], return_tensors="ms")
     model, info = model_class.from_pretrained(path, ms_dtype=mindspore.float32, output_loading_info=True)
     assert info["missing_keys"] == [] and info["unexpected_keys"] == [] and info["mismatched_keys"] == []
-    output = model.generate(**inputs, do_sample=False, use_cache=True, max_new_tokens=max_new_tokens,
-                            return_dict_in_generate=True, output_logits=True)
+    with run.stock_on_cpu(family):
+        output = model.generate(**inputs, do_sample=False, use_cache=True, max_new_tokens=max_new_tokens,
+                                return_dict_in_generate=True, output_logits=True)
     ids = output.sequences[0, inputs["input_ids"].shape[1]:].asnumpy().tolist()
     logits = np.stack([step[0].asnumpy() for step in output.logits])
     return ids, logits, tokenizer, inputs
