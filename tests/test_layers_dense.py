@@ -280,6 +280,19 @@ def test_grouped_tables_are_the_identity_group_tables(form, dtype):
     assert len(rope._position_rows) == (1 if form == "table" else 0)
 
 
+def test_grouped_rows_follow_a_cast_of_the_module():
+    """Rows built before the module's tables were cast (fp32 -> fp16 -> fp32 rounds them) are
+    rebuilt from the tables forward reads, not reused."""
+    rope = RotaryEmbedding(16, base=1e6, form="table", max_positions=64)
+    ids = tensor(stock_positions(PADDED), mindspore.int64)
+    exact = rope.grouped(ids, F32, 3)
+    rope.to(F16).to(F32)
+    built = with_identity_group(rope(ids, F32), 3)
+    for got, want in zip(rope.grouped(ids, F32, 3), built):
+        assert_bits_equal(got, want)
+    assert not np.array_equal(exact.cos.asnumpy(), built.cos.asnumpy())
+
+
 # ---------------------------------------------------------------- Linear
 
 @pytest.mark.parametrize("shape", [(1, 48), (3, 5, 48)])

@@ -14,6 +14,7 @@ rotation[o, i] = cos_o if i == o else s_o, and rotate with one Mul and one sum o
 exactly stock's two rounded products and the sum of the two rounds once, as stock's Add does
 (addition is commutative). Every element is stock's, in two launches instead of four.
 """
+import math
 from typing import NamedTuple, Optional, Sequence
 
 import mindspore
@@ -77,7 +78,8 @@ class RotaryEmbedding(nn.Module):
             cos, sin = self._cos_sin(ops.outer(positions, self.inv_freq))
             self.register_buffer("cos_table", cos, persistent=False)
             self.register_buffer("sin_table", sin, persistent=False)
-        self._position_rows = {}  # (dtype, rotated_groups) -> every position's tables (form "table")
+        # (dtype, rotated_groups) -> (cos_table, sin_table, every position's tables as rows, their shapes)
+        self._position_rows = {}
 
     def forward(self, position_ids, dtype) -> RotaryTables:
         if self.form == "table":
@@ -92,22 +94,33 @@ class RotaryEmbedding(nn.Module):
         """with_identity_group(self(position_ids, dtype), rotated_groups), the same values.
 
         For the form "table" every position's cos, sin and rotation are one row of a table built
-        once per dtype and group count from stock's tables (a cast, negation and copies, all exact),
-        so a forward gathers one row per position: one launch where building them takes eight."""
+        from stock's tables (a cast, negation and copies, all exact), so a forward gathers one row
+        per position: one launch where building them takes eight."""
         if self.form != "table":
             return with_identity_group(self(position_ids, dtype), rotated_groups)
+        table, shapes = self._rows(dtype, rotated_groups)
+        batch, steps = position_ids.shape
+        rows = take_rows(table, position_ids.reshape(-1))
+        parts, start = [], 0
+        for shape in shapes:
+            width = math.prod(shape)
+            parts.append(narrow(rows, 1, start, width).reshape((batch, steps) + shape))
+            start += width
+        return RotaryTables(*parts)
+
+    def _rows(self, dtype, rotated_groups: int):
+        """[max_positions, width] rows of every position's grouped tables and each table's shape past
+        [B, S]; built once per dtype and group count, and again when the module's cos and sin tables
+        were replaced (a cast of the module), so that they stay those forward reads."""
         key = (dtype, rotated_groups)
-        if key not in self._position_rows:
+        cached = self._position_rows.get(key)
+        if cached is None or cached[0] is not self.cos_table or cached[1] is not self.sin_table:
             every = with_identity_group(make_tables(self.cos_table.to(dtype).unsqueeze(0),
                                                     self.sin_table.to(dtype).unsqueeze(0)), rotated_groups)
-            self._position_rows[key] = ops.cat([t.reshape(self.max_positions, -1) for t in every], dim=-1)
-        batch, steps = position_ids.shape
-        rows = take_rows(self._position_rows[key], position_ids.reshape(-1))
-        dim, half = self.head_dim, self.head_dim // 2
-        return RotaryTables(narrow(rows, 1, 0, dim).reshape(batch, steps, 1, dim),
-                            narrow(rows, 1, dim, dim).reshape(batch, steps, 1, dim),
-                            narrow(rows, 1, 2 * dim, 4 * half * (rotated_groups + 1)).reshape(
-                                batch, steps, rotated_groups + 1, 1, 2, 2, half))
+            rows = ops.cat([t.reshape(self.max_positions, -1) for t in every], dim=-1)
+            cached = (self.cos_table, self.sin_table, rows, [tuple(t.shape[2:]) for t in every])
+            self._position_rows[key] = cached
+        return cached[2], cached[3]
 
     def _matmul_angles(self, position_ids):
         """fp32 angles [..., S, head_dim // 2] for int positions [..., S] ([B, S] or [3, B, S])."""
