@@ -123,6 +123,11 @@ class Counts:
             return self._decode_steps()
         raise ValueError(f"phase must be 'prefill' or 'decode', got {phase!r}")
 
+    def graph_calls(self, phase):
+        """Compiled-graph calls (ops named jit:...) per step of `phase`."""
+        steps = self._phase_steps(phase)
+        return sum(n for s in steps for name, n in s.ops.items() if name.startswith("jit:")) / len(steps)
+
     def top(self, n=10, phase="decode"):
         """The n most frequent op names, sync sites and graph kernels, as counts per step of `phase`."""
         steps = self._phase_steps(phase)
@@ -141,10 +146,11 @@ class Counts:
             "steps_ops": [s.n_ops for s in self.steps],
             "steps_syncs": [s.n_syncs for s in self.steps],
             "top_prefill": self.top(n, "prefill"),
+            "prefill_graph_calls": self.graph_calls("prefill"),
         }
         if self.decode_tokens:
             summary.update(decode_ops=self.decode_ops, decode_syncs=self.decode_syncs,
-                           top_decode=self.top(n, "decode"))
+                           top_decode=self.top(n, "decode"), decode_graph_calls=self.graph_calls("decode"))
         return summary
 
 
@@ -220,15 +226,16 @@ class _CountedRecorderInstance:
         region = self._region
         if region.in_graph_call:
             return self._instance.run_graph(phase, *args)
+        name = _graph_name(phase)
         if region.on_graph_call is not None:
-            region.on_graph_call()
+            region.on_graph_call(name)
         start = time.time_ns()
         try:
             output = self._instance.run_graph(phase, *args)
             _pynative_executor.sync()
             return output
         finally:
-            region._jit_windows.append((start, time.time_ns(), phase.split("#", 1)[0].rsplit(".", 1)[-1]))
+            region._jit_windows.append((start, time.time_ns(), name))
 
 
 def _tensor_classes():
@@ -283,7 +290,7 @@ class Region:
         self._depth = 0  # inside a counted sync method
         self._jit_depth = 0
         self._trace_started = None  # (start ns, name) of the trace-mode graph call under way
-        self.on_graph_call = None  # called as a graph call starts (count_generate marks steps with it)
+        self.on_graph_call = None  # called with the graph's name as a graph call starts (count_generate marks steps)
 
     def mark(self):
         """Start the next step."""
@@ -318,7 +325,7 @@ class Region:
         @functools.wraps(call)
         def timed(executor, *args, **kwargs):
             if self._jit_depth == 0 and self.on_graph_call is not None:
-                self.on_graph_call()
+                self.on_graph_call(getattr(executor.fn, "__qualname__", "graph"))
             self._jit_depth += 1
             start = time.time_ns()
             try:
@@ -340,9 +347,10 @@ class Region:
         # the first call also runs the function's body, whose launches count as the graph's.
         @functools.wraps(begin)
         def started(fn_name, *args):
+            name = _graph_name(fn_name)
             if self.on_graph_call is not None:
-                self.on_graph_call()  # before the window opens: the call belongs to the step it starts
-            self._trace_started = (time.time_ns(), fn_name.split("#", 1)[0].rsplit(".", 1)[-1])
+                self.on_graph_call(name)  # before the window opens: the call belongs to the step it starts
+            self._trace_started = (time.time_ns(), name)
             try:
                 return begin(fn_name, *args)
             except BaseException:
@@ -418,6 +426,11 @@ class Region:
         for stamp, site in self._syncs:
             steps[self._step_of(stamp)].syncs[site] += 1
         return Counts(steps)
+
+
+def _graph_name(phase):
+    """The function name in a trace-mode graph's phase ("module.name#id#[file:line].key")."""
+    return phase.split("#", 1)[0].rsplit(".", 1)[-1]
 
 
 def _in_window(windows, starts, stamp):
@@ -500,30 +513,35 @@ def count_region():
 @contextlib.contextmanager
 def _marking(model, method_name, region):
     """Make every call of model.<method_name> after the first start a new step, and so every call
-    of a compiled graph (a step run as one graph). A call of the method inside a graph call (its
-    trace) is part of that step, as is one right after a graph call: the step run again in PyNative
-    to check the graph (generation_compiled's first steps)."""
+    of a decode step's graph (a step run as one graph; graph names say their kind, "decode_step" in
+    the decode step's). Other graphs (the prompt's step, a vision tower) belong to the step they run
+    in. A call of the method inside a graph call (its trace) is part of that step, as is one right
+    after a graph call: the step run again in PyNative to check the graph (graphs.trust)."""
     original = getattr(model, method_name, None)
     if not callable(original):
         raise TypeError(f"{type(model).__name__} has no method {method_name!r} to mark steps with")
-    calls = []  # what started each step: "forward" or "graph"
-
-    def start(kind):
-        if calls:
-            region.mark()
-        calls.append(kind)
+    calls = []  # what ran each model call: "forward" or the graph's name
+    checking = []  # a graph ran, and the method's next call checks it
 
     @functools.wraps(original)
     def marked(*args, **kwargs):
         if region.in_graph_call:
             pass
-        elif calls and calls[-1] == "graph":
-            calls[-1] = "graph checked"
+        elif checking:
+            checking.clear()
         else:
-            start("forward")
+            if calls:
+                region.mark()
+            calls.append("forward")
         return original(*args, **kwargs)
 
-    region.on_graph_call = lambda: start("graph")
+    def on_graph_call(name):
+        if "decode_step" in name and calls:
+            region.mark()
+        calls.append(name)
+        checking[:] = [name]
+
+    region.on_graph_call = on_graph_call
 
     had_own = method_name in vars(model)
     setattr(model, method_name, marked)

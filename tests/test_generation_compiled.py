@@ -1,13 +1,13 @@
-"""The compiled decode step (mindnlp.accel.generation_compiled) against our PyNative path.
+"""The compiled decode step and prefill (mindnlp.accel.generation.decode_graph, prefill_graph) against
+our PyNative path.
 
 On every family's tiny fixture (and the mixed ones of the MoE families: GQA, dense layers, other
-expert counts) the compiled step must give PyNative's greedy tokens and logits within COMPILED_RTOL
-of each step's largest |logit|: it attends over the whole cache under a mask where PyNative reads
-the filled prefix, and the longer reductions may sum in another order (module docstring). The
-fallbacks are forced one by one: a compile error, a disagreement at the trust steps, and
-MINDNLP_ACCEL_JIT=0 each leave PyNative's result bit for bit, with one warning where one is due.
+expert counts) the graphs must give PyNative's greedy tokens and logits within COMPILED_RTOL of each
+step's largest |logit|: the decode step attends over the whole cache under a mask where PyNative
+reads the filled prefix, the prefill runs the prompt right-padded to its bucket, and the longer
+reductions may sum in another order. Every bucket compiles on the first prompt, none later.
 """
-import warnings
+import logging
 
 import numpy as np
 import pytest
@@ -18,11 +18,13 @@ from mindnlp.transformers import AutoModelForCausalLM
 import counters
 import fixtures
 from greedy_checks import FIXTURES, GREEDY, assert_same_generation, ids_of
-from mindnlp.accel import generation_compiled
-from mindnlp.accel.generation_compiled import JIT_ENV, TRUST_STEPS, compiled_decode, untraced_calls_refused
+from mindnlp.accel.generation.decode_graph import TRUST_STEPS, compiled_decode
+from mindnlp.accel.generation.prefill_graph import BUCKETS_ENV, compiled_prefill
+from mindnlp.accel.graphs import JIT_ENV
 
 COMPILED_RTOL = 1e-5
-PROMPTS = ([5, 17, 99, 3], [8, 9, 10, 11, 12, 13, 14, 15, 16])
+PROMPTS = ([5, 17, 99, 3], [8, 9, 10, 11, 12, 13, 14, 15, 16])  # buckets 8 and 16
+BUCKETS = "8,16"
 
 
 def load(family, size):
@@ -34,12 +36,20 @@ def load(family, size):
     return AutoModelForCausalLM.from_pretrained(path).set_train(False)
 
 
+def fresh_graphs(model):
+    """Forget the model's graphs and verdicts (a new process would start so)."""
+    model.__dict__.pop("_compiled_decode", None)
+    model.__dict__.pop("_compiled_prefill", None)
+    model._cache = None
+
+
 def generate(model, monkeypatch, jit, prompt, **kwargs):
-    """model.generate with the compiled step on or off, from a fresh verdict when `jit` changes."""
+    """model.generate with the graphs on or off, from fresh verdicts when `jit` changes."""
     monkeypatch.setenv(JIT_ENV, "1" if jit else "0")
+    monkeypatch.setenv(BUCKETS_ENV, BUCKETS)
     verdict = compiled_decode(model).verdict
     if (verdict is not None and verdict.startswith("disabled")) == jit:
-        model.__dict__.pop("_compiled_decode")
+        fresh_graphs(model)
     kwargs.setdefault("max_new_tokens", 12)
     return model.generate(input_ids=ids_of(*prompt) if isinstance(prompt[0], list) else ids_of(prompt),
                           **GREEDY, **kwargs)
@@ -47,33 +57,37 @@ def generate(model, monkeypatch, jit, prompt, **kwargs):
 
 @pytest.mark.parametrize("family,size", [("qwen2_moe", "tiny"), ("qwen2_moe", "mixed"), ("deepseek", "tiny"),
                                          ("deepseek", "mixed"), ("llama", "tiny"), ("qwen2_vl", "tiny")])
-def test_compiled_step_equals_pynative_across_prompts_without_recompiling(family, size, monkeypatch):
+def test_graphs_equal_pynative_across_prompts_and_compile_on_the_first_call_only(family, size, monkeypatch):
     model = load(family, size)
     expected = [generate(model, monkeypatch, False, prompt) for prompt in PROMPTS]
-    model.__dict__.pop("_compiled_decode", None)
-    for _ in range(2):  # the first call decides (TRUST_STEPS of its steps run both ways), the second runs compiled
+    fresh_graphs(model)
+    compiles_after_first = None
+    for _ in range(2):  # the first call decides, the second runs compiled
         for prompt, want in zip(PROMPTS, expected):
             assert_same_generation(want, generate(model, monkeypatch, True, prompt), COMPILED_RTOL)
-    compiled = compiled_decode(model)
-    assert compiled.verdict == "adopted"
-    # two prompt lengths and four generate calls in one cache bucket: traced once
-    assert compiled.compiles == 1
+            if compiles_after_first is None:
+                compiles_after_first = compiled_prefill(model).compiles
+    prefill, decode = compiled_prefill(model), compiled_decode(model)
+    assert prefill.verdict == decode.verdict == "adopted"
+    # every bucket on the first prompt (the second prompt's, 16, before the first's own); none later
+    assert compiles_after_first == prefill.compiles == 2
+    assert decode.compiles == 1
 
 
-def test_a_padded_batch_and_a_repetition_penalty_compile_their_own_step(monkeypatch):
+def test_a_padded_batch_and_a_repetition_penalty_compile_their_own_graphs(monkeypatch):
     model = load("qwen2_moe", "tiny")
     prompt = [[0, 0, 0, 11, 12, 13], [21, 22, 23, 24, 25, 26]]
     options = dict(attention_mask=ids_of([0, 0, 0, 1, 1, 1], [1, 1, 1, 1, 1, 1]), pad_token_id=0)
     plain = generate(model, monkeypatch, False, prompt, **options)
     penalised = generate(model, monkeypatch, False, prompt, repetition_penalty=1.3, **options)
-    model.__dict__.pop("_compiled_decode")
+    fresh_graphs(model)
     for _ in range(2):
         assert_same_generation(plain, generate(model, monkeypatch, True, prompt, **options), COMPILED_RTOL)
         got = generate(model, monkeypatch, True, prompt, repetition_penalty=1.3, **options)
         assert_same_generation(penalised, got, COMPILED_RTOL)
-    compiled = compiled_decode(model)
-    assert compiled.verdict == "adopted"
-    assert compiled.compiles == 2  # one graph per step layout: with and without the penalty
+    assert compiled_decode(model).verdict == compiled_prefill(model).verdict == "adopted"
+    # one graph per step layout: with and without the penalty; batch 2 compiles the bucket it needs only
+    assert compiled_decode(model).compiles == 2 and compiled_prefill(model).compiles == 2
 
 
 @pytest.fixture(scope="module")
@@ -81,106 +95,60 @@ def tiny():
     return load("qwen2_moe", "tiny")
 
 
-def pynative_reference(model, monkeypatch):
-    return generate(model, monkeypatch, False, PROMPTS[0])
+class Messages(logging.Handler):
+    """What the "mindnlp.accel" logger says at INFO while it is attached."""
+
+    def __init__(self):
+        super().__init__(logging.INFO)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
 
 
-def test_a_compile_error_leaves_pynative_with_one_warning(tiny, monkeypatch):
-    expected = pynative_reference(tiny, monkeypatch)
-
-    def failing_capture(step):
-        def run(*tensors):
-            raise RuntimeError("capture failed")
-        return run
-
-    monkeypatch.setattr(generation_compiled, "_capture", failing_capture)
-    tiny.__dict__.pop("_compiled_decode")
-    with pytest.warns(RuntimeWarning, match="failed to compile .*capture failed"):
-        got = generate(tiny, monkeypatch, True, PROMPTS[0])
-    assert_same_generation(expected, got)  # bit for bit: every step ran in PyNative
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)  # refused once: no second warning
-        assert_same_generation(expected, generate(tiny, monkeypatch, True, PROMPTS[0]))
-    assert compiled_decode(tiny).verdict.startswith("failed to compile")
-
-
-def test_a_trace_abandoned_midway_leaves_pynative_working(tiny, monkeypatch):
-    """A step that raises while it is traced: MindSpore (2.6) cannot abort a trace (its recorder
-    would stay open and fail every later operator), so the error is caught inside the step, the trace
-    ends normally, and the error then refuses the compiled step; PyNative must run unharmed."""
-    expected = pynative_reference(tiny, monkeypatch)
-    calls = []
-    real = generation_compiled.untraced_calls_refused
-
-    def failing_inside_the_trace():
-        calls.append(1)
-        raise RuntimeError("step broke during capture")
-
-    monkeypatch.setattr(generation_compiled, "untraced_calls_refused", failing_inside_the_trace)
-    tiny.__dict__.pop("_compiled_decode")
-    with pytest.warns(RuntimeWarning, match="failed to compile .*during capture"):
-        got = generate(tiny, monkeypatch, True, PROMPTS[0])
-    monkeypatch.setattr(generation_compiled, "untraced_calls_refused", real)
-    assert calls == [1]
-    assert_same_generation(expected, got)
+def test_a_prompt_longer_than_every_bucket_prefills_in_pynative_with_an_info_line(tiny, monkeypatch):
+    long_prompt = list(range(5, 25))  # 20 positions, over the largest bucket (16)
+    expected = generate(tiny, monkeypatch, False, long_prompt)
+    fresh_graphs(tiny)
+    logger, said, level = logging.getLogger("mindnlp.accel"), Messages(), logging.getLogger("mindnlp.accel").level
+    logger.addHandler(said)
+    logger.setLevel(logging.INFO)
+    try:
+        got = generate(tiny, monkeypatch, True, long_prompt)
+    finally:
+        logger.removeHandler(said)
+        logger.setLevel(level)
+    assert_same_generation(expected, got, COMPILED_RTOL)
+    np.testing.assert_array_equal(got.logits[0].asnumpy(), expected.logits[0].asnumpy())  # PyNative's prefill
+    assert compiled_prefill(tiny).compiles == 0
+    assert sum("longer than the largest prefill bucket" in line for line in said.lines) == 1
 
 
-def test_a_disagreement_at_the_trust_steps_refuses_the_compiled_step(tiny, monkeypatch):
-    expected = pynative_reference(tiny, monkeypatch)
-    real_capture = generation_compiled._capture
-    steps_run = []
-
-    def drifting_capture(step):
-        compiled = real_capture(step)
-
-        def run(*tensors):
-            steps_run.append(1)
-            out = compiled(*tensors)
-            drift = 1e-3 if len(steps_run) == TRUST_STEPS else 0.0  # only the last trust step drifts
-            return (out[0] * (1 + drift),) + tuple(out[1:])
-        return run
-
-    monkeypatch.setattr(generation_compiled, "_capture", drifting_capture)
-    tiny.__dict__.pop("_compiled_decode")
-    with pytest.warns(RuntimeWarning, match="differs from PyNative"):
-        got = generate(tiny, monkeypatch, True, PROMPTS[0])
-    assert len(steps_run) == TRUST_STEPS
-    assert_same_generation(expected, got)
-    generate(tiny, monkeypatch, True, PROMPTS[0])
-    assert len(steps_run) == TRUST_STEPS  # refused for the process: never run again
-
-
-def test_an_adopted_graph_that_fails_to_run_falls_back_to_pynative(tiny, monkeypatch):
-    expected = pynative_reference(tiny, monkeypatch)
-    tiny.__dict__.pop("_compiled_decode")
-    generate(tiny, monkeypatch, True, PROMPTS[0])
-    compiled = compiled_decode(tiny)
-    assert compiled.verdict == "adopted"
-
-    def failing_run(*tensors):
-        raise RuntimeError("device lost")
-
-    for graph in tiny._cache.__dict__["_compiled_steps"][compiled].values():
-        graph.run = failing_run
-    with pytest.warns(RuntimeWarning, match="failed to compile or run .*device lost"):
-        got = generate(tiny, monkeypatch, True, PROMPTS[0])
-    assert_same_generation(expected, got)
-    assert compiled.verdict.startswith("failed to compile or run")
-
-
-def test_the_switch_disables_it(tiny, monkeypatch):
-    expected = pynative_reference(tiny, monkeypatch)
-    assert_same_generation(expected, generate(tiny, monkeypatch, False, PROMPTS[0]))
-    compiled = compiled_decode(tiny)
-    assert compiled.verdict == f"disabled by {JIT_ENV}=0" and compiled.compiles == 0
+def test_a_prefill_is_a_few_host_dispatches_in_the_counts(tiny, monkeypatch):
+    """Once its bucket is trusted, the judge's prefill call (generate with one new token) runs the
+    prompt as one graph call; eval/counters.py counts it as one launch, and its kernels apart."""
+    monkeypatch.setenv(JIT_ENV, "1")
+    monkeypatch.setenv(BUCKETS_ENV, BUCKETS)
+    fresh_graphs(tiny)
+    kwargs = dict(input_ids=ids_of(PROMPTS[1]), attention_mask=ids_of([1] * len(PROMPTS[1])), max_new_tokens=1,
+                  **GREEDY)  # the tokenizer's mask, as the judge passes it
+    first = counters.count_generate(tiny, kwargs)
+    later = counters.count_generate(tiny, kwargs)
+    graph_calls = {name: n for name, n in later.steps[0].ops.items() if name.startswith("jit:")}
+    assert list(graph_calls.values()) == [1] and "prefill" in next(iter(graph_calls)), later.steps[0].ops
+    assert sum(later.steps[0].graph_kernels.values()) > 50
+    assert later.prefill_ops <= 16, later.steps[0].ops.most_common()
+    assert later.prefill_syncs <= first.prefill_syncs
+    assert len(first.steps) == len(later.steps) == 1  # the trust runs of the first call stay in its one step
 
 
 def test_a_compiled_decode_step_is_one_host_dispatch_in_the_counts(tiny, monkeypatch):
-    """eval/counters.py reads a graph call as one launch and as one step, also while the first
-    steps run both ways; once adopted, a decode token costs the graph call (and the EOS check where
-    one falls), the issue's "at most 5 host dispatches per decode token"."""
+    """eval/counters.py reads a graph call as one launch and a decode step's graph call as one step,
+    also while the first steps run both ways; once adopted, a decode token costs the graph call (and
+    the EOS check where one falls)."""
     monkeypatch.setenv(JIT_ENV, "1")
-    tiny.__dict__.pop("_compiled_decode", None)
+    monkeypatch.setenv(BUCKETS_ENV, BUCKETS)
+    fresh_graphs(tiny)
     kwargs = dict(input_ids=ids_of(PROMPTS[0]), max_new_tokens=TRUST_STEPS + 3, **GREEDY)
     checking = counters.count_generate(tiny, kwargs)
     adopted = counters.count_generate(tiny, kwargs)
@@ -195,24 +163,8 @@ def test_a_compiled_decode_step_is_one_host_dispatch_in_the_counts(tiny, monkeyp
     assert all(sum(step.graph_kernels.values()) > 50 for step in adopted.steps[1:])
     # the graph call and the EOS check; the last step also stacks the outputs, as generate ends
     assert all(step.n_ops <= 2 for step in adopted.steps[1:-1]) and adopted.decode_ops <= 5
-    # a replay reads its tokens on the CPU (CompiledDecode.read_tokens) and nothing else (MindSpore's
-    # trace wrapper would format every tensor it passes: _replay); the loop adds the EOS check where one falls
-    token_reads = [sum(n for site, n in step.syncs.items() if "generation_compiled" in site)
-                   for step in adopted.steps[1:]]
-    assert token_reads == [int(compiled_decode(tiny).read_tokens)] * len(token_reads), token_reads
-    assert all(step.n_syncs <= token_reads[0] + 1 for step in adopted.steps[1:-1]), [dict(s.syncs) for s in adopted.steps]
-
-
-def test_untraced_tensor_calls_are_refused_inside_the_step_only():
-    x = mindspore.Tensor(np.arange(6, dtype=np.float32).reshape(2, 3))
-    index = mindspore.Tensor(np.array([2, 0], np.int32))
-    with untraced_calls_refused():
-        with pytest.raises(RuntimeError, match="__getitem__"):
-            x[:, 1:]  # pylint: disable=pointless-statement
-        with pytest.raises(RuntimeError, match="asnumpy"):
-            x.asnumpy()
-        with pytest.raises(RuntimeError, match="broadcast_to"):
-            x.broadcast_to((2, 2, 3))
-        gathered = x[:, index]  # a gather by a tensor index is recorded
-    assert gathered.asnumpy().tolist() == [[2.0, 0.0], [5.0, 3.0]]
-    assert x[:, 1:].asnumpy().tolist() == [[1.0, 2.0], [4.0, 5.0]]
+    # on the CPU a replay reads its smallest output (graphs.capture) and nothing else (MindSpore's
+    # trace wrapper would format every tensor it passes); the loop adds the EOS check where one falls
+    reads = [sum(n for site, n in step.syncs.items() if "graphs/capture" in site) for step in adopted.steps[1:]]
+    assert reads == [1] * len(reads), reads
+    assert all(step.n_syncs <= 2 for step in adopted.steps[1:-1]), [dict(s.syncs) for s in adopted.steps]

@@ -19,7 +19,8 @@ from mindnlp.transformers.models.qwen2_vl import modeling_qwen2_vl as stock_modu
 import counters
 import fixtures
 from greedy_checks import FIXTURES
-from mindnlp.accel.models.qwen2_vl_vision import VisionTower, frame_spans, patch_order
+from mindnlp.accel.models.qwen2_vl_positions import frame_spans, patch_order
+from mindnlp.accel.models.qwen2_vl_vision import VisionTower
 
 GRIDS = {"one image": [[1, 16, 24]], "two images": [[1, 16, 24], [1, 8, 12]], "video": [[2, 8, 8]]}
 # Bound on several images' difference from stock, relative to the largest |output|. Measured on the

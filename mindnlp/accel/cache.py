@@ -24,7 +24,7 @@ import mindspore
 from mindspore import Parameter, Tensor
 from mindnlp.core import ops
 
-from .layers.primitives import scatter_update
+from .layers.primitives import narrow, scatter_update
 
 
 class CacheWrite(NamedTuple):
@@ -78,7 +78,7 @@ class StaticKVCache:
         buffer = self.buffers[layer].reshape(self.batch_size, 2 * self.num_kv_heads, self.max_len, self.head_dim)
         if kv_len is not None and kv_len != self.max_len:
             self._check_len(kv_len)
-            buffer = buffer[:, :, :kv_len]
+            buffer = narrow(buffer, 2, 0, kv_len)
         return ops.chunk(buffer, 2, 1)
 
     def _check_len(self, kv_len: int) -> None:

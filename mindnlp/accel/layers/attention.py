@@ -80,7 +80,7 @@ def decoder_mask(attention_mask: Optional[Tensor], batch: int, query_slots: Tens
         if steps == 1 and kv_len is not None:
             return None
         attention_mask = ops.ones((batch, length), mindspore.int32)
-    valid = attention_mask[:, :kv_len] if kv_len is not None else attention_mask
+    valid = narrow(attention_mask, 1, 0, kv_len) if kv_len is not None else attention_mask
     return build_attention_mask(valid, query_slots, dtype)
 
 

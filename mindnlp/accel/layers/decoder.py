@@ -89,6 +89,11 @@ class DecoderModel(nn.Module):
         self.rotary = RotaryEmbedding(spec.head_size, base=spec.rope_theta, form=spec.rope_form,
                                       max_positions=spec.max_positions, mrope_section=spec.mrope_section)
 
+    def prepare_kernels(self, dtype, batch_size: int) -> None:
+        """Build the rotary rows every forward gathers from before the first one: a tensor made during a
+        graph's trace belongs to that trace (graphs.capture) and cannot be kept for later forwards."""
+        self.rotary.prepare_rows(dtype, self.layers[0].self_attn.rotated_groups)
+
     def forward(self, hidden, position_ids, mask, cache=None, cache_position=None, kv_len=None):
         rope = self.rotary.grouped(position_ids, hidden.dtype, self.layers[0].self_attn.rotated_groups)
         cache_write = cache.prepare(cache_position) if cache is not None else None

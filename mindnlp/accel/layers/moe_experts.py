@@ -103,7 +103,7 @@ def dense_outputs(module: StackedExperts, x, experts):
     act = _swiglu(fused, module.act)
     out = mint.bmm(act, module.down_weight).reshape(module.num_experts * tokens, hidden)
     # row e*T + t of `out` is expert e on token t
-    picks = experts * tokens + ops.arange(0, tokens, dtype=experts.dtype)[:, None]
+    picks = experts * tokens + ops.arange(0, tokens, dtype=experts.dtype).reshape(tokens, 1)
     return take_rows(out, picks.reshape(-1)).reshape(tokens, top_k, hidden)
 
 

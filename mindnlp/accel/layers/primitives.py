@@ -8,12 +8,12 @@ import functools
 
 import mindspore
 from mindspore import Tensor, ops as msops
-from mindspore.common.jit_context import jit_context
 
 from mindnlp.core import ops
 from mindnlp.core.nn import functional as F
 
 from .. import device
+from ..graphs import mindspore_trace
 
 _matmul = msops.MatMul()
 _batch_matmul = msops.BatchMatMul()
@@ -41,6 +41,11 @@ def batch_matmul(a, b):
 def take_rows(table, index):
     """table[index] along axis 0 (an index copy: the same on every backend)."""
     return _gather(table, index, 0)
+
+
+def take_along_positions(x, index):
+    """x [B, S, ...] at the positions index (int32 [n], a device tensor): [B, n, ...] (an index copy)."""
+    return _gather(x, index, 1)
 
 
 def softmax_last(x, dtype=None):
@@ -83,12 +88,11 @@ def topk_last(x, k: int, sorted_: bool = True):
 
 
 def capturing() -> bool:
-    """Whether a trace capture (mindspore.jit(capture_mode="trace"), generation_compiled) is
-    recording. It records primitive calls, not Tensor views: basic indexing is frozen into the graph
-    as a constant of its trace-time value, and Tensor.broadcast_to fails inside its pyboost wrapper
-    (mindspore-dev 2.6). The helpers below take a view in PyNative, as before, and the equivalent
-    copy while capturing; the values are the same."""
-    return jit_context() is not None
+    """Whether a trace capture (graphs.capture) is recording. It records primitive calls, not Tensor
+    views: basic indexing is frozen into the graph as a constant of its trace-time value, and
+    Tensor.broadcast_to fails inside its pyboost wrapper (mindspore-dev 2.6). The helpers below take a
+    view in PyNative, as before, and the equivalent copy while capturing; the values are the same."""
+    return mindspore_trace.capturing()
 
 
 def broadcast_to(x, shape):

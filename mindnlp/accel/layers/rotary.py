@@ -108,6 +108,11 @@ class RotaryEmbedding(nn.Module):
             start += width
         return RotaryTables(*parts)
 
+    def prepare_rows(self, dtype, rotated_groups: int) -> None:
+        """Build `grouped`'s rows for `dtype` now (form "table"; nothing for "matmul")."""
+        if self.form == "table":
+            self._rows(dtype, rotated_groups)
+
     def _rows(self, dtype, rotated_groups: int):
         """[max_positions, width] rows of every position's grouped tables and each table's shape past
         [B, S]; built once per dtype and group count, and again when the module's cos and sin tables

@@ -23,7 +23,7 @@ from ..generation import GreedyGenerationMixin
 from ..layers.attention import decoder_mask
 from ..layers.decoder import DecoderConfig, DecoderModel
 from ..layers.linear import Linear
-from ..layers.primitives import broadcast_to, narrow
+from ..layers.primitives import broadcast_to, narrow, take_along_positions
 from ..layers.moe_experts import GatedMLP
 from ..loading import StackedCheckpointMixin
 from ..registry import StockFallbackMixin
@@ -129,7 +129,8 @@ class DecoderForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedCheck
         return self._cache
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None,
-                cache=None, cache_position=None, logits_to_keep=0, return_dict=None, kv_len=None, **unused):
+                cache=None, cache_position=None, logits_to_keep=0, logits_at=None, return_dict=None, kv_len=None,
+                **unused):
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         refused = [name for name in _NOT_RETURNED if unused.get(name)]
@@ -155,7 +156,9 @@ class DecoderForCausalLM(StockFallbackMixin, GreedyGenerationMixin, StackedCheck
         if mask is not None and steps > 1 and not device.pyboost():
             mask = mask.per_head(self.decoder_spec.num_heads)  # see AttentionMask.per_head
         hidden = self.model(hidden, position_ids, mask, cache, cache_position, kv_len)
-        if 0 < logits_to_keep < steps:
+        if logits_at is not None:
+            hidden = take_along_positions(hidden, logits_at)
+        elif 0 < logits_to_keep < steps:
             hidden = narrow(hidden, 1, steps - logits_to_keep, logits_to_keep)
         logits = self.lm_head(hidden).float()
         return self.output_class(logits=logits)

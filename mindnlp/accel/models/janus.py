@@ -81,7 +81,7 @@ def _prepare_inputs_embeds(model, stock_method, input_ids, pixel_values, images_
         _fallback("prepare_inputs_embeds", reason)
         return stock_method(model, input_ids, pixel_values, images_seq_mask, images_emb_mask, **kwargs)
     images = pixel_values.reshape((-1,) + tuple(pixel_values.shape[2:]))
-    image_embeds = model.aligner(model.vision_model(images))
+    image_embeds = janus_vision.image_embeddings(model, images)
     if image_embeds.shape[1] != images_emb_mask.shape[-1]:
         # the processor reserved another number of positions than the tower gives rows: stock's
         # concatenation then changes the sequence length, which a merge in place cannot reproduce

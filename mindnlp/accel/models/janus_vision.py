@@ -11,10 +11,13 @@ import atexit
 import warnings
 from typing import Optional
 
+import numpy as np
 import mindspore
 from mindnlp.core import nn, ops
 
 from .. import device
+from ..graphs import GraphSet
+from ..graphs.trust import values_disagree
 from ..layers.vision import VisionAttention, VisionBlock
 
 # siglip_large_patch16_384, the only tower Janus-Pro uses (Janus fixes it by model name).
@@ -108,6 +111,12 @@ def build_tower(**params) -> SiglipVisionTower:
                              siglip_depth(params.get("select_layer", DEFAULT_SELECT_LAYER)))
 
 
+def finite_flags(x):
+    """bool [2]: whether x, cast to fp16 as stock's aligner checks it, holds an inf, a nan."""
+    half = x.astype(mindspore.float16)
+    return ops.stack((mindspore.ops.isinf(half).any(), mindspore.ops.isnan(half).any()))
+
+
 class DeferredFiniteCheck:
     """Stock's aligner checks its input for inf and nan (after a cast to fp16) on every call and prints
     when it finds one; the output does not depend on it. Kept here as a warning with the same
@@ -120,9 +129,12 @@ class DeferredFiniteCheck:
         atexit.register(self.report)
 
     def __call__(self, x) -> None:
+        self.defer(finite_flags(x))
+
+    def defer(self, flags) -> None:
+        """Keep finite_flags' result to be read later."""
         self.report()
-        half = x.astype(mindspore.float16)
-        self._pending.append(ops.stack((mindspore.ops.isinf(half).any(), mindspore.ops.isnan(half).any())))
+        self._pending.append(flags)
 
     def report(self) -> None:
         pending, self._pending = self._pending, []
@@ -149,9 +161,44 @@ class MlpGeluAligner(nn.Module):
 
     def forward(self, x):
         ALIGNER_CHECK(x)
+        return self.project(x)
+
+    def project(self, x):
+        """The projection alone (the finite check apart)."""
         for layer in self.layers:
             x = layer(x)
         return x
+
+
+def image_embeddings(model, images):
+    """model.aligner(model.vision_model(images)) for images [B, 3, H, W], ours both: the tower and the
+    projection as one graph per image shape where graphs are on and it agreed with PyNative once
+    (graphs.GraphSet, scope "graph"), the aligner's finite check kept as an output of the graph."""
+    vision, aligner = model.vision_model, model.aligner
+    if not isinstance(vision, SiglipVisionTower) or not isinstance(aligner, MlpGeluAligner):
+        return aligner(vision(images))
+
+    def embed(pixels):
+        features = vision(pixels)
+        return aligner.project(features), finite_flags(features)
+
+    graphs = model.__dict__.get("_compiled_towers")
+    if graphs is None:
+        graphs = model.__dict__["_compiled_towers"] = GraphSet("vision tower", trust_runs=1, scope="graph")
+    if not graphs.usable:
+        out, flags = embed(images)
+    else:
+        device.prepare_kernels(vision, images.dtype, images.shape[0])  # its self-checks read the host: not in a trace
+        entry = graphs.entry(model, (tuple(images.shape), images.dtype), embed, f"images {tuple(images.shape)}")
+        out, flags = graphs.run(entry, (images,), lambda: embed(images), _disagreement)
+    ALIGNER_CHECK.defer(flags)
+    return out
+
+
+def _disagreement(compiled, eager):
+    if not np.array_equal(compiled[1].asnumpy(), eager[1].asnumpy()):
+        return "found other infs or nans than PyNative"
+    return values_disagree(compiled[0], eager[0], "image embeddings")
 
 
 def aligner_unsupported(cfg) -> Optional[str]:

@@ -79,10 +79,20 @@ class Qwen2VLForConditionalGeneration(DecoderForCausalLM, Qwen2VLPreTrainedModel
 
     def greedy_positions(self, input_ids, attention_mask, prefill_inputs):
         """M-RoPE positions [3, B, S] of the prompt and the per-row delta [B, 1], from host data."""
-        positions, deltas = mrope_positions(
-            host_array(input_ids), host_array(attention_mask), host_array(prefill_inputs.get("image_grid_thw")),
-            host_array(prefill_inputs.get("video_grid_thw")), VisionTokens.from_config(self.config))
-        return mindspore.Tensor(positions.astype(np.int32)), mindspore.Tensor(deltas.astype(np.int32))
+        return mrope_positions(input_ids, attention_mask, host_array(prefill_inputs.get("image_grid_thw")),
+                               host_array(prefill_inputs.get("video_grid_thw")), VisionTokens.from_config(self.config))
+
+    def prefill_forward_inputs(self, inputs: dict) -> dict:
+        """The prompt's embeddings with the vision tower's rows merged in, as forward would make them,
+        so the prompt's step is a plain decoder step (GreedyGenerationMixin.prefill_forward_inputs);
+        the grids' positions are the step's position_ids already."""
+        vision = {name: inputs.pop(name) for name in self.greedy_prefill_inputs if name in inputs}
+        if "input_ids" in inputs and (vision.get("pixel_values") is not None
+                                      or vision.get("pixel_values_videos") is not None):
+            return {"inputs_embeds": self.embed_with_vision(
+                inputs["input_ids"], vision.get("pixel_values"), vision.get("image_grid_thw"),
+                vision.get("pixel_values_videos"), vision.get("video_grid_thw"))}
+        return inputs
 
     def forward(self, input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, pixel_values=None,
                 image_grid_thw=None, pixel_values_videos=None, video_grid_thw=None, **kwargs):
@@ -94,10 +104,11 @@ class Qwen2VLForConditionalGeneration(DecoderForCausalLM, Qwen2VLPreTrainedModel
         if position_ids is None:
             if input_ids is None and (image_grid_thw is not None or video_grid_thw is not None):
                 raise ValueError("M-RoPE positions of an image prompt need its input_ids or position_ids")
-            ids = input_ids if input_ids is not None else mindspore.Tensor(np.zeros(inputs_embeds.shape[:2], np.int32))
-            mask = attention_mask[:, :ids.shape[1]] if attention_mask is not None else None
-            position_ids, _ = self.greedy_positions(ids, mask, {"image_grid_thw": image_grid_thw,
-                                                                "video_grid_thw": video_grid_thw})
+            ids = host_array(input_ids) if input_ids is not None else np.zeros(inputs_embeds.shape[:2], np.int32)
+            mask = host_array(attention_mask)[:, :ids.shape[1]] if attention_mask is not None else None
+            positions, _ = self.greedy_positions(ids, mask, {"image_grid_thw": image_grid_thw,
+                                                             "video_grid_thw": video_grid_thw})
+            position_ids = mindspore.Tensor(positions.astype(np.int32))
         elif position_ids.ndim == 2:  # text positions: the same on all three streams
             position_ids = broadcast_to(position_ids.unsqueeze(0), (3,) + tuple(position_ids.shape))
         return super().forward(input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,

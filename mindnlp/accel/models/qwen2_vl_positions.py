@@ -19,9 +19,9 @@ import numpy as np
 
 
 def host_array(tensor) -> Optional[np.ndarray]:
-    """A processor output as a NumPy array (None stays None). The processor built these tensors from
-    host arrays, so reading them back waits for no device work."""
-    return None if tensor is None else tensor.asnumpy()
+    """A processor output as a NumPy array (None and arrays stay as they are). The processor built these
+    tensors from host arrays, so reading them back waits for no device work."""
+    return tensor if tensor is None or isinstance(tensor, np.ndarray) else tensor.asnumpy()
 
 
 @dataclass(frozen=True)
@@ -122,3 +122,20 @@ def _next_position(pieces):
     if pieces[-1].size == 0:
         raise ValueError("two vision spans with no token between them (stock's get_rope_index fails there too)")
     return int(pieces[-1].max()) + 1
+
+
+def patch_order(grid: np.ndarray, merge: int) -> np.ndarray:
+    """int32 [S, 2]: each patch's (row, column) in the processor's order, 2 x 2 merge windows
+    contiguous, frames one after another (stock's rot_pos_emb)."""
+    ids = []
+    for t, h, w in grid.tolist():
+        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+        window = lambda a: a.reshape(h // merge, merge, w // merge, merge).transpose(0, 2, 1, 3).reshape(-1)  # noqa: E731
+        ids.append(np.tile(np.stack([window(rows), window(cols)], -1), (t, 1)))
+    return np.concatenate(ids).astype(np.int32)
+
+
+def frame_spans(grid: np.ndarray):
+    """[(start, stop)] of every frame's patches (an image is one frame)."""
+    ends = np.cumsum(np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])).tolist()
+    return list(zip([0] + ends[:-1], ends))

@@ -10,10 +10,12 @@ rotates them, then cast back), and each image (each frame of a video) attends ov
 which for one image is stock's attention with its all-zero mask left out (s + 0 == s); for several,
 stock's masked row sums the other images' zero probabilities too, and this CPU's kernels sum rows
 of another length in another order, so the last bits may differ (tests/test_qwen2_vl_vision.py
-bounds it). Then, as
+bounds it). Queries are taken in chunks whose scores fit a memory budget (layers.vision.query_chunks)
+where that gives one call's bits. Then, as
 stock: q @ k^T divided by sqrt(head_dim), softmax in fp32 cast back, @ v, the output projection;
 the MLP with the config's activation (quick_gelu); stock's patch merger and Conv3d patch embedding
-(as one matmul on Ascend where that is bit-identical: CheckedPatchEmbed).
+(as one matmul on Ascend where that is bit-identical: CheckedPatchEmbed). Where graphs are on, the
+tower runs as one graph per bucket of patches (qwen2_vl_tower_graph, forward_masked).
 """
 import numpy as np
 import mindspore
@@ -23,40 +25,53 @@ from mindnlp.core.nn import functional as F
 from mindnlp.transformers.models.qwen2_vl.modeling_qwen2_vl import PatchEmbed, PatchMerger
 
 from .. import device
-from ..layers.attention import attention_eager
-from ..layers.primitives import take_rows
+from ..layers.primitives import narrow, take_rows
 from ..layers.rotary import RotaryTables, apply_rotary_composite, inverse_frequencies, make_tables
-from ..layers.vision import FUSED_ATOL, FUSED_RTOL, AttentionProjections, VisionBlock
-from .qwen2_vl_positions import host_array
+from ..layers.vision import (FUSED_ATOL, FUSED_RTOL, AttentionProjections, VisionBlock, attend_in_chunks,
+                             chunking_exact, query_chunks)
+from . import qwen2_vl_tower_graph as tower_graph
+from .qwen2_vl_positions import frame_spans, host_array, patch_order
 
 LAYER_NORM_EPS = 1e-6
 ROPE_THETA = 10000.0
 
 
-def attend_span(q, k, v):
-    """q, k, v [heads, n, head_dim] of one image -> [heads, n, head_dim]: the decoder's eager
-    attention, which is stock's arithmetic here too (no mask: every patch sees its image)."""
-    return attention_eager(q[None], k[None], v[None], None)[0]
-
-
 class RotaryVisionAttention(AttentionProjections):
     """Bidirectional attention over [S, dim] patches with 2-D rotary q and k, stock's names."""
 
-    def forward(self, x, rope: RotaryTables, spans):
-        """x [S, dim], rope fp32 tables [1, S, ...] (`VisionTower.rotary_tables`), spans: host
-        (start, stop) of each image's patches."""
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__(dim, num_heads)
+        self._chunking = {}  # dtype -> whether queries may be taken in chunks (prepare_kernels)
+
+    def prepare_kernels(self, dtype, batch_size: int) -> None:
+        if dtype not in self._chunking:
+            self._chunking[dtype] = chunking_exact(dtype, self.num_heads, self.head_dim)
+
+    def forward(self, x, rope: RotaryTables, spans, additive=None):
+        """x [S, dim], rope fp32 tables [1, S, ...] (`VisionTower.rotary_tables`), spans: host (start,
+        stop) of each image's patches, each attending over its own; or, with `additive` [S, S] (0 or the
+        dtype's min, a padded bucket's block-diagonal mask), every patch over all under the mask."""
         tokens = x.shape[0]
         heads, dim = self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(1, tokens, 3 * heads, dim)
         # stock rotates q and k in fp32 and casts them back; both together in one call
-        qk = apply_rotary_composite(qkv[:, :, :2 * heads].float(), rope).to(x.dtype)
+        qk = apply_rotary_composite(narrow(qkv, 2, 0, 2 * heads).float(), rope).to(x.dtype)
         qk = qk.reshape(tokens, 2 * heads, dim).swapaxes(0, 1)  # [2 heads, S, D]
-        q, k, v = qk[:heads], qk[heads:], qkv[0, :, 2 * heads:].swapaxes(0, 1)
-        if len(spans) == 1:
-            out = attend_span(q, k, v)
+        q, k = narrow(qk, 0, 0, heads), narrow(qk, 0, heads, heads)
+        v = narrow(qkv, 2, 2 * heads, heads).reshape(tokens, heads, dim).swapaxes(0, 1)
+        if additive is not None:
+            out = attend_in_chunks(q, k, v, query_chunks(tokens, tokens, heads, x.dtype), additive)
         else:
-            out = ops.cat([attend_span(q[:, a:b], k[:, a:b], v[:, a:b]) for a, b in spans], dim=1)
+            out = ops.cat([self._attend_span(narrow(q, 1, a, b - a), narrow(k, 1, a, b - a), narrow(v, 1, a, b - a))
+                           for a, b in spans], dim=1) if len(spans) > 1 else self._attend_span(q, k, v)
         return self.proj(out.swapaxes(0, 1).reshape(tokens, heads * dim))
+
+    def _attend_span(self, q, k, v):
+        """One image's patches over themselves: stock's arithmetic (no mask: every patch sees its image),
+        in query chunks where that gives the same bits here (chunking_exact)."""
+        rows = q.shape[1]
+        chunks = query_chunks(rows, rows, self.num_heads, q.dtype) if self._chunking.get(q.dtype) else [(0, rows)]
+        return attend_in_chunks(q, k, v, chunks)
 
 
 class CheckedPatchEmbed(PatchEmbed):
@@ -91,23 +106,6 @@ class CheckedPatchEmbed(PatchEmbed):
         return F.linear(hidden_states.to(weight.dtype), weight.reshape(self.embed_dim, -1))
 
 
-def patch_order(grid: np.ndarray, merge: int) -> np.ndarray:
-    """int32 [S, 2]: each patch's (row, column) in the processor's order, 2 x 2 merge windows
-    contiguous, frames one after another (stock's rot_pos_emb)."""
-    ids = []
-    for t, h, w in grid.tolist():
-        rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
-        window = lambda a: a.reshape(h // merge, merge, w // merge, merge).transpose(0, 2, 1, 3).reshape(-1)  # noqa: E731
-        ids.append(np.tile(np.stack([window(rows), window(cols)], -1), (t, 1)))
-    return np.concatenate(ids).astype(np.int32)
-
-
-def frame_spans(grid: np.ndarray):
-    """[(start, stop)] of every frame's patches (an image is one frame)."""
-    ends = np.cumsum(np.repeat(grid[:, 1] * grid[:, 2], grid[:, 0])).tolist()
-    return list(zip([0] + ends[:-1], ends))
-
-
 class VisionTower(nn.Module):
     """Drop-in for Qwen2VisionTransformerPretrainedModel in inference, under its checkpoint names
     (patch_embed, blocks.{i}.norm1/attn/norm2/mlp, merger).
@@ -134,19 +132,38 @@ class VisionTower(nn.Module):
     def get_dtype(self):
         return self.blocks[0].mlp.fc2.weight.dtype
 
-    def rotary_tables(self, grid: np.ndarray) -> RotaryTables:
-        """fp32 tables [1, S, ...]: angles of the patch's row, then of its column (stock's
-        freqs_full[pos_ids] flattened), doubled for the two halves rotate_half pairs."""
-        order = patch_order(grid, self.spatial_merge_size)
-        angles = ops.outer(ops.arange(int(grid[:, 1:].max()), dtype=self.inv_freq.dtype), self.inv_freq)
-        angles = take_rows(angles, mindspore.Tensor(order.reshape(-1))).reshape(1, order.shape[0], -1)
+    def rotary_tables(self, order, sides: int) -> RotaryTables:
+        """fp32 tables [1, S, ...] for patches at (row, column) `order` (int32 [S, 2], patch_order) of
+        images at most `sides` patches wide or high: angles of the row, then of the column (stock's
+        freqs_full[pos_ids] flattened), doubled for the two halves rotate_half pairs. A larger `sides`
+        gives the same values (each angle is one product)."""
+        angles = ops.outer(ops.arange(sides, dtype=self.inv_freq.dtype), self.inv_freq)
+        angles = take_rows(angles, order.reshape(-1)).reshape(1, order.shape[0], -1)
         emb = ops.cat((angles, angles), dim=-1)
         return make_tables(emb.cos(), emb.sin())
 
     def forward(self, pixel_values, grid_thw):
         grid = host_array(grid_thw).astype(np.int64).reshape(-1, 3)
+        return tower_graph.run(self, pixel_values, grid)
+
+    def forward_spans(self, pixel_values, grid: np.ndarray):
+        """The tower over the images of `grid` (host [images, 3]), each attending over its own patches."""
         hidden = self.patch_embed(pixel_values)
-        rope, spans = self.rotary_tables(grid), frame_spans(grid)
+        order = mindspore.Tensor(patch_order(grid, self.spatial_merge_size))
+        rope, spans = self.rotary_tables(order, int(grid[:, 1:].max())), frame_spans(grid)
         for block in self.blocks:
             hidden = block(hidden, rope, spans)
+        return self.merger(hidden)
+
+    def forward_masked(self, pixel_values, order, segments):
+        """The tower over patches padded to a bucket (tower_graph): `order` int32 [S, 2] their (row,
+        column), `segments` int32 [S] their image's index (the padding one of its own); a patch attends
+        over its image's under an [S, S] mask. Every shape is the bucket's: a graph per bucket."""
+        tokens = pixel_values.shape[0]
+        hidden = self.patch_embed(pixel_values)
+        rope = self.rotary_tables(order, tokens // 2)  # no side is longer than half the patches (2 x 2 windows)
+        apart = ops.not_equal(segments.reshape(tokens, 1), segments.reshape(1, tokens))
+        additive = ops.masked_fill(ops.zeros((tokens, tokens), hidden.dtype), apart, float(ops.finfo(hidden.dtype).min))
+        for block in self.blocks:
+            hidden = block(hidden, rope, None, additive)
         return self.merger(hidden)

@@ -4,11 +4,13 @@ Stock's ``generate`` drives the model through these four hooks; they hand it the
 and the forward arguments our models take, so every option the greedy fast path does not serve
 still gives stock's result over the same model.
 """
+import numpy as np
+import mindspore
 from mindspore import ops
 
 from mindnlp.transformers.generation.configuration_utils import GenerationMode
 
-from .generation_loop import cache_positions
+from .step import cache_positions
 
 # Modes whose stock loops crop or copy the cache, which a static cache owned by the model does not offer.
 _NEEDS_DYNAMIC_CACHE = (
@@ -44,9 +46,11 @@ class StockLoopAdapters:
         model_kwargs["cache_position"] = cache_positions(0, length)
         # Called once per generate, after stock made the attention mask and expanded the rows (beams):
         # the prompt's rope positions and the offset later steps add to their cache position.
-        model_kwargs["prompt_positions"], model_kwargs["rope_offset"] = self.greedy_positions(
-            input_ids, model_kwargs["attention_mask"],
+        positions, offset = self.greedy_positions(
+            input_ids.asnumpy(), model_kwargs["attention_mask"].asnumpy(),
             {name: model_kwargs[name] for name in self.greedy_prefill_inputs if model_kwargs.get(name) is not None})
+        model_kwargs["prompt_positions"] = mindspore.Tensor(positions.astype(np.int32))
+        model_kwargs["rope_offset"] = mindspore.Tensor(offset.astype(np.int32))
         return model_kwargs
 
     def prepare_inputs_for_generation(self, input_ids, past_key_values=None, attention_mask=None,

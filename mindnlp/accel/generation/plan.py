@@ -2,9 +2,11 @@
 from dataclasses import dataclass
 from typing import Optional
 
+import numpy as np
 import mindspore
 
 from mindnlp.transformers.generation.configuration_utils import GenerationMode
+from mindnlp.transformers.generation.utils import logger as stock_logger
 from mindnlp.transformers.generation.logits_process import LogitsProcessorList, RepetitionPenaltyLogitsProcessor
 
 # Model kwargs the fast path understands; anything else sends the call to stock.
@@ -47,7 +49,7 @@ def greedy_plan(model, inputs, generation_config, kwargs):
     if has_mask and model_kwargs["attention_mask"].ndim != 2:
         return None, "attention_mask is not 2D"
 
-    model._prepare_special_tokens(config, has_mask)
+    prepare_special_tokens(model, config, has_mask)
     if input_name == "input_ids":
         input_ids, inputs_embeds = inputs_tensor, None
     else:
@@ -82,6 +84,42 @@ def greedy_plan(model, inputs, generation_config, kwargs):
     prefill_inputs = {name: model_kwargs[name] for name in model.greedy_prefill_inputs if name in given}
     return GreedyPlan(config=config, input_ids=input_ids, inputs_embeds=inputs_embeds, attention_mask=attention_mask,
                       prefill_inputs=prefill_inputs, steps=config.max_length - ids_length, penalty=penalty), None
+
+
+def prepare_special_tokens(model, config, has_mask: bool) -> None:
+    """Stock's _prepare_special_tokens for ids given as Python ints (as generation configs hold them),
+    with its checks and warnings made on those ints: stock makes them on device tensors, two host reads
+    and eight launches per call. Ids given as tensors go to stock's own method."""
+    ids = (config.bos_token_id, config.eos_token_id, config.pad_token_id, config.decoder_start_token_id)
+    if model.config.is_encoder_decoder or any(isinstance(value, mindspore.Tensor) for value in ids):
+        model._prepare_special_tokens(config, has_mask)
+        return
+    bos, eos, pad, start = ids
+    eos_ids = None if eos is None else (list(eos) if isinstance(eos, (list, tuple)) else [eos])
+    if pad is None and eos_ids is not None:
+        if not has_mask:
+            stock_logger.warning("The attention mask and the pad token id were not set. As a consequence, you may "
+                                 "observe unexpected behavior. Please pass your input's `attention_mask` to obtain "
+                                 "reliable results.")
+        pad = eos_ids[0]
+        stock_logger.warning(f"Setting `pad_token_id` to `eos_token_id`:{pad} for open-end generation.")
+    if eos_ids is not None and pad in eos_ids and not has_mask:
+        stock_logger.warning_once("The attention mask is not set and cannot be inferred from input because pad token "
+                                  "is same as eos token. As a consequence, you may observe unexpected behavior. "
+                                  "Please pass your input's `attention_mask` to obtain reliable results.")
+    if eos_ids is not None and any(isinstance(value, float) or value < 0 for value in eos_ids):
+        stock_logger.warning(f"`eos_token_id` should consist of positive integers, but is {eos_ids}. Your generation "
+                             "will not stop until the maximum length is reached. Depending on other flags, it may even "
+                             "crash.")
+    config._bos_token_tensor = _ids_tensor(bos)
+    config._eos_token_tensor = _ids_tensor(eos_ids)
+    config._pad_token_tensor = _ids_tensor(pad)
+    config._decoder_start_token_tensor = _ids_tensor(start)
+
+
+def _ids_tensor(value):
+    """int64 ids as a tensor made on the host, as stock's mindspore.tensor(token, dtype=int64) makes them."""
+    return None if value is None else mindspore.Tensor(np.array(value, np.int64))
 
 
 def unsupported_generation(model, config):

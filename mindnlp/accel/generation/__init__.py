@@ -8,36 +8,38 @@ A model class gets this by listing ``GreedyGenerationMixin`` before its PreTrain
     holds when the shape fits: the masks hide its old contents).
 
 ``forward(input_ids=None, inputs_embeds=None, attention_mask=None, position_ids=None, cache=None,
-cache_position=None, logits_to_keep=0, return_dict=None, kv_len=None, **prefill_inputs)``
+cache_position=None, logits_to_keep=0, logits_at=None, return_dict=None, kv_len=None, **prefill_inputs)``
     Runs ``S`` new positions (``input_ids`` [B, S] or ``inputs_embeds`` [B, S, H]) whose K/V go into ``cache`` at
     ``cache_position`` (device int32 [S]); ``position_ids`` is a device int32 [B, S] (rope positions, which differ
     from cache positions under left padding); ``attention_mask`` is [B, cache max_len] with 1 for real tokens and 0
     for padding, its columns at and after the first unwritten position being 1 (causality masks them); None means
-    no padding. ``logits_to_keep=k`` runs the LM head on the last ``k`` positions only (0 = all). ``kv_len`` is
+    no padding. ``logits_to_keep=k`` runs the LM head on the last ``k`` positions only (0 = all); ``logits_at``
+    (a device int32 [1]) on that one position instead (a prompt right-padded to a bucket). ``kv_len`` is
     the number of cache positions filled once this step is written, known on the host: attending over exactly
     those keys, as stock does, rather than over the whole static cache keeps every sum in stock's order (with
     the whole cache, masked zeros change the kernels' blocking and so the last bits).
     ``return_dict`` is accepted and ignored. Returns an object whose ``.logits`` is [B, k, vocab] in the dtype
     stock's model returns. ``prefill_inputs`` are the names in ``greedy_prefill_inputs`` (e.g. ``pixel_values``),
-    passed on the first call only.
+    passed on the first call only, unless ``prefill_forward_inputs`` folded them into embeddings.
 
-Position ids follow stock's text models (cumsum of the mask - 1, pads at 1); a model with other positions
-(M-RoPE) overrides ``greedy_positions``.
+Position ids follow stock's text models (cumsum of the mask - 1, pads at 1), made on the host; a model with
+other positions (M-RoPE) overrides ``greedy_positions``.
 
-The work is in three parts: generation_plan (which calls the fast path serves, resolved by stock's own
-helpers), generation_loop (the per-token step function over explicit state, and the loop around it) and
-generation_stock (the hooks through which stock's loops drive the same model for everything else).
+The work is in parts: plan (which calls the fast path serves, resolved by stock's own helpers), step (the
+per-token step function over explicit state), loop (the loop around it), decode_graph and prefill_graph
+(those steps compiled, graphs.GraphSet deciding where they serve), step_graph (what the two share) and
+stock (the hooks through which stock's loops drive the same model for everything else).
 """
 
 import logging
 
-import mindspore
+import numpy as np
 
 from mindnlp.core import no_grad
 
-from .generation_loop import greedy_decode, positions_from_mask
-from .generation_plan import greedy_plan, is_set
-from .generation_stock import StockLoopAdapters
+from .loop import greedy_decode
+from .plan import greedy_plan, is_set
+from .stock import StockLoopAdapters
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +99,17 @@ class GreedyGenerationMixin(StockLoopAdapters):
         return greedy_decode(self, plan, self.greedy_eos_check_every)
 
     def greedy_positions(self, input_ids, attention_mask, prefill_inputs):
-        """Rope positions for the prompt ids [B, S] (int [B, S], or [3, B, S] with M-RoPE) and the per-row offset
-        [B, 1] that turns a cache position into a rope position during decode (for a real token at cache position
-        c, stock's position is c + offset). `prefill_inputs`: the call's greedy_prefill_inputs (image grids)."""
-        offset = attention_mask.astype(mindspore.int32).sum(-1, keepdims=True) - attention_mask.shape[1]
-        return positions_from_mask(attention_mask), offset
+        """Rope positions of the prompt (int [B, S], or [3, B, S] with M-RoPE) and the per-row offset [B, 1]
+        that turns a cache position into a rope position during decode (for a real token at cache position c,
+        stock's position is c + offset), as NumPy arrays, from the prompt's ids and mask as NumPy arrays [B, S]
+        and the call's greedy_prefill_inputs (image grids). Stock's text models: the running count of real
+        tokens - 1, padding at 1."""
+        mask = attention_mask.astype(np.int64)
+        positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
+        return positions, mask.sum(-1, keepdims=True) - mask.shape[1]
+
+    def prefill_forward_inputs(self, inputs: dict) -> dict:
+        """The prompt step's forward inputs from the call's (ids or embeddings, and greedy_prefill_inputs):
+        a model folds what it can of the prefill-only inputs into embeddings here (Qwen2-VL: its vision
+        tower and merge), so that the step is a plain decoder step the prefill graph serves."""
+        return inputs
