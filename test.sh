@@ -7,11 +7,14 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash init.sh
-tree=.build/eval-tree
+# A tree of this run's own: a second run from the same checkout cannot replace it under this one.
+mkdir -p .build
+tree=$(mktemp -d "$PWD/.build/eval-tree.XXXXXX")
+trap 'rm -rf "$tree"' EXIT
 python3 scripts/series.py apply "$tree"
 script=eval/run.py
 if [[ "${1:-}" == "--device-check" ]]; then
     script=eval/device_check.py
     shift
 fi
-PYTHONPATH="$PWD/$tree${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python "$script" "$@"
+PYTHONPATH="$tree${PYTHONPATH:+:$PYTHONPATH}" .venv/bin/python "$script" "$@"

@@ -24,8 +24,10 @@ QUIET = (
     # mindnlp's GenerationConfig, for the checkpoints' sampling settings under greedy decoding (2 lines)
     r"\S*configuration_utils\.py:\d+: UserWarning: `do_sample` is set to `False`\. However, `(temperature|top_p|top_k)` "
     r"is set to .*",
-    # mindnlp's rope validation, for Qwen2-VL's mrope_section
+    # mindnlp's rope validation, for Qwen2-VL's mrope_section; its unused rotary module in each layer
     r"Unrecognized keys in `rope_scaling` for 'rope_type'=.*",
+    r"`Qwen2VLRotaryEmbedding` can now be fully parameterized by passing the model config through the `config` "
+    r"argument\. All other arguments will be removed",
     # mindnlp's generate: the legacy-cache notice, the pad id it sets itself, deepseek's deprecated property
     r"When a model cache is to be returned, `generate` will return a `Cache` instance instead by default.*",
     r"Setting `pad_token_id` to `eos_token_id`:\S+ for open-end generation\.",
@@ -36,6 +38,9 @@ QUIET = (
     r"\[WARNING\] ME\([^)]*\):[\d\-:. ]+\[mindspore/profiler/schedule\.py:\d+\] Profiler won't be using warmup, "
     r"this can skew profiler results",
     r"\[MS_ALLOC_CONF\]Runtime config:.*",
+    # MindSpore's trace capture, at each compile (2 lines)
+    r"\[WARNING\] UTILS\([^)]*\):[\d\-:. ]+\[mindspore/ccsrc/utils/signal_util\.cc:\d+\] RegisterGlobalSignalHandler\] "
+    r"(MSCONTEXT_REGISTER_INIT_FUNC register int handler|The signal has been registered)",
 )
 _QUIET = re.compile("|".join(f"(?:{pattern})" for pattern in QUIET))
 # A tqdm progress bar as it stands between two updates ("name:  33%|###   | 1/3 [00:20<00:41, ...]").

@@ -1,15 +1,21 @@
-"""Deterministic drawn stand-ins for the judge's two photos: a cat and a man.
+"""Deterministic drawn stand-ins for the judge's three pictures, at the judge's sizes.
 
-Sizes are chosen with the Qwen2-VL fixture's processor in mind: both are multiples of 28, so the
-image processor keeps them as they are (448 x 336 gives a 32 x 24 patch grid, 768 patches, 192
-merged image tokens), a realistic but CPU-affordable load for a 32-block vision tower.
+The contest's demo_images: cat.png 1024 x 768 and man.png 512 x 512 (the two prompts), and
+wash_dog.png 277 x 182 (the Qwen2-VL and Janus scripts' warm-up). With Qwen2-VL's real processor
+limits these give 74 x 54, 36 x 36 and 20 x 14 patch grids: 999, 324 and 70 image tokens. Janus's
+processor resizes any image to 384 x 384, so only its resize and decode costs depend on the size.
+Each picture is drawn on a small canvas and scaled to its size.
 """
 import os
 
 from PIL import Image, ImageDraw
 
-CAT_SIZE = (448, 336)
-MAN_SIZE = (336, 448)
+CAT_SIZE = (1024, 768)
+MAN_SIZE = (512, 512)
+WARMUP_SIZE = (277, 182)
+_CAT_CANVAS = (448, 336)
+_MAN_CANVAS = (336, 448)
+_DOG_CANVAS = (277, 182)
 
 
 def _gradient(size, top, bottom):
@@ -26,7 +32,7 @@ def _gradient(size, top, bottom):
 
 def cat_image():
     """An orange cat's face on a blue-green background."""
-    image, draw = _gradient(CAT_SIZE, (70, 130, 180), (60, 160, 90))
+    image, draw = _gradient(_CAT_CANVAS, (70, 130, 180), (60, 160, 90))
     cx, cy = 224, 180
     draw.polygon([(cx - 110, cy - 40), (cx - 80, cy - 150), (cx - 20, cy - 80)], fill=(230, 140, 40))
     draw.polygon([(cx + 110, cy - 40), (cx + 80, cy - 150), (cx + 20, cy - 80)], fill=(230, 140, 40))
@@ -40,12 +46,12 @@ def cat_image():
             draw.line([(cx + side * 30, cy + 45), (cx + side * 140, cy + 45 + dy)], fill=(250, 250, 250), width=2)
     draw.arc([cx - 30, cy + 40, cx, cy + 70], 0, 180, fill=(90, 50, 20), width=3)
     draw.arc([cx, cy + 40, cx + 30, cy + 70], 0, 180, fill=(90, 50, 20), width=3)
-    return image
+    return image.resize(CAT_SIZE, Image.BICUBIC)
 
 
 def man_image():
     """A man's head and shoulders in a shirt and tie against a wall."""
-    image, draw = _gradient(MAN_SIZE, (235, 225, 200), (180, 170, 150))
+    image, draw = _gradient(_MAN_CANVAS, (235, 225, 200), (180, 170, 150))
     cx = 168
     draw.rectangle([cx - 140, 330, cx + 140, 448], fill=(40, 70, 140))
     draw.polygon([(cx - 30, 330), (cx + 30, 330), (cx, 380)], fill=(250, 250, 250))
@@ -59,10 +65,24 @@ def man_image():
         draw.line([(ex - 18, 176), (ex + 18, 172)], fill=(60, 40, 25), width=4)
     draw.line([(cx, 205), (cx - 8, 240), (cx + 6, 242)], fill=(150, 100, 80), width=3)
     draw.arc([cx - 35, 240, cx + 35, 275], 20, 160, fill=(140, 60, 60), width=4)
+    return image.resize(MAN_SIZE, Image.BICUBIC)
+
+
+def warmup_image():
+    """A brown dog in a blue tub of suds (the warm-up picture)."""
+    image, draw = _gradient(_DOG_CANVAS, (200, 225, 240), (150, 190, 215))
+    draw.rectangle([40, 110, 237, 175], fill=(60, 110, 190), outline=(30, 60, 120), width=3)
+    draw.ellipse([80, 55, 200, 125], fill=(150, 95, 50))
+    draw.ellipse([170, 35, 235, 95], fill=(160, 105, 60))
+    draw.polygon([(178, 45), (168, 85), (190, 70)], fill=(100, 60, 30))
+    draw.ellipse([205, 55, 213, 63], fill=(20, 20, 20))
+    draw.ellipse([226, 68, 236, 76], fill=(30, 20, 20))
+    for x, y, r in ((60, 105, 14), (95, 100, 18), (135, 104, 16), (175, 101, 15), (215, 106, 13)):
+        draw.ellipse([x - r, y - r, x + r, y + r], fill=(245, 248, 252), outline=(210, 220, 235))
     return image
 
 
-DEMO_IMAGES = {"cat": cat_image, "man": man_image}
+DEMO_IMAGES = {"cat": cat_image, "man": man_image, "warmup": warmup_image}
 
 
 def write_demo_images(out_dir):

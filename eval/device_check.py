@@ -27,13 +27,16 @@ sys.path.insert(0, HERE)
 
 import run  # noqa: E402  (eval/run.py: LLM_DIRS, the families)
 
-# (name, environment) of every setting that changes numerics; the compiled decode step's switch
-# joins here once it exists.
-SETTINGS = (
+# (name, environment) of every setting that changes numerics: the fused kernels' switches, each with the
+# compiled graphs on and off (a graph agrees with PyNative within a bound, not bit for bit).
+NUMERICS = (
     ("fused kernels, bit-exact only (default)", {"MINDNLP_ACCEL_FUSED": "1", "MINDNLP_ACCEL_INEXACT": "0"}),
     ("fused kernels, within tolerance too", {"MINDNLP_ACCEL_FUSED": "1", "MINDNLP_ACCEL_INEXACT": "1"}),
     ("portable twins only", {"MINDNLP_ACCEL_FUSED": "0", "MINDNLP_ACCEL_INEXACT": "0"}),
 )
+GRAPHS = (("compiled graphs (default)", {"MINDNLP_ACCEL_JIT": "1"}), ("PyNative only", {"MINDNLP_ACCEL_JIT": "0"}))
+SETTINGS = tuple((f"{numerics}; {graphs}", {**numerics_env, **graphs_env})
+                 for numerics, numerics_env in NUMERICS for graphs, graphs_env in GRAPHS)
 
 
 def device_target():

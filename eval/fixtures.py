@@ -342,14 +342,13 @@ TOKENIZERS = {
                   roles={"eos_token": DEEPSEEK_EOS, "pad_token": JANUS_SPECIALS[100015], "legacy": True}),
 }
 
-# Qwen2-VL image processor: the real fields, with max_pixels lowered from 12845056 to 448 x 448
-# (at most 1024 patches, 256 image tokens) so a larger photo cannot blow up CPU runs; the demo
-# images (448 x 336) give 768 patches.
+# Qwen2-VL image processor: the real Qwen2-VL-2B-Instruct fields, limits included, so the judge's
+# images make the judge's grids (demo_images: 999, 324 and 70 image tokens).
 QWEN2_VL_PREPROCESSOR = {
     "image_processor_type": "Qwen2VLImageProcessor",
     "processor_class": "Qwen2VLProcessor",
     "min_pixels": 3136,
-    "max_pixels": 200704,
+    "max_pixels": 12845056,
     "patch_size": 14,
     "temporal_patch_size": 2,
     "merge_size": 2,

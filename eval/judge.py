@@ -1,15 +1,20 @@
 """The contest judge's measuring protocol, reproduced in our own code (facts in shared/CONTEST.md).
 
-Per model: the judge script's warm-ups (WARMUPS), then for every prompt
-  prefill  = wall time of one whole generate(max_new_tokens=1), input preparation included (the
-             processor and vision tower for Qwen2-VL, tokenizer and embedding lookup for Janus's
-             LM), with mindspore.runtime.synchronize() on both sides;
+Per model: the judge script's warm-ups (its warm-up prompt and, for the vision families, its
+277 x 182 warm-up picture; WARMUP_CALLS calls of WARMUP_TOKENS tokens), then for every prompt
+  prefill  = wall time of one whole generate(max_new_tokens=1) without logits, input preparation
+             included (the processor and vision tower for Qwen2-VL, tokenizer and embedding lookup
+             for Janus's LM), with mindspore.runtime.synchronize() on both sides;
   decode   = (wall time of generate(max_new_tokens=N) - prefill) / new tokens, except Qwen2-VL,
              whose judge script divides the whole end-to-end time by the new tokens;
-  memory   = peak over the run: mindspore.runtime.max_memory_reserved() where the device reports
-             it, else the process's peak resident set (VmHWM), reset when the run starts.
-Every generate call is greedy: do_sample=False, use_cache=True, return_dict_in_generate=True,
-output_logits=True. The per-step logits, token ids and text are kept for the pass check.
+  memory   = peak over the whole run, loading and warm-up included, as the judge reads it (it never
+             resets): mindspore.runtime.max_memory_reserved() where the device reports it, else the
+             process's peak resident set (VmHWM); the timed phase's own peak beside it.
+Every generate call is greedy: do_sample=False, use_cache=True, return_dict_in_generate=True, and
+output_logits=True in the timed end-to-end call, as the judge asks for logits only there. Its
+per-step logits, token ids and text are kept for the pass check. A `compiles` callable, if given,
+counts the model's compiles: each call's share is kept, so the report can show that none fell in a
+timed call.
 
 The janus family is Janus-Pro end to end, as the judge's script runs it (eval/janus_driver.py):
 the processor, prepare_inputs_embeds and language_model.generate, all inside the timed region; its
@@ -81,6 +86,16 @@ JANUS_IMAGE_START = "<begin_of_image>"
 JANUS_IMAGE_END = "<end_of_image>"
 
 GENERATE_KWARGS = {"do_sample": False, "use_cache": True, "return_dict_in_generate": True, "output_logits": True}
+# The judge's prefill call and warm-ups ask for no logits.
+WITHOUT_LOGITS = dict(GENERATE_KWARGS, output_logits=False)
+
+# The judge scripts' warm-ups: the prompt, and for the vision families the 277 x 182 warm-up picture;
+# Qwen2-VL's script warms up five times, the others once, each with 10 new tokens.
+MOE_WARMUP = "Hello, this is a warm-up sequence to prepare the model."
+QWEN2_VL_WARMUP = "This a warm up prompt"
+JANUS_WARMUP = "Hello, this is a warm-up sequence to prepare the Janus model."
+WARMUP_CALLS = {"qwen2_vl": 5}
+WARMUP_TOKENS = 10
 
 
 class FixtureError(ValueError):
@@ -310,13 +325,11 @@ def peak_memory():
 
 
 def _load_images(images):
-    """name -> PIL image from name -> path or PIL image; demo drawings where images is None."""
+    """name -> PIL image from name -> path or PIL image; the demo drawing for each name not given."""
     from PIL import Image
 
-    if images is None:
-        return {name: draw() for name, draw in demo_images.DEMO_IMAGES.items()}
-    loaded = {}
-    for name, image in images.items():
+    loaded = {name: draw() for name, draw in demo_images.DEMO_IMAGES.items() if name not in (images or {})}
+    for name, image in (images or {}).items():
         if isinstance(image, (str, os.PathLike)):
             if not os.path.isfile(image):
                 raise FixtureError(f"image {name!r}: no file at {image!r}")
@@ -328,21 +341,20 @@ def _load_images(images):
 
 def _image_files(images):
     """name -> image file path (janus opens the files itself, inside the timed region): the given
-    paths, or the demo drawings written once to a temporary directory."""
-    if images is not None:
-        for name, image in images.items():
-            if not isinstance(image, (str, os.PathLike)) or not os.path.isfile(image):
-                raise FixtureError(f"image {name!r}: janus needs an image file, got {image!r}")
-        return dict(images)
+    paths, and the demo drawings, written once to a temporary directory, for the names not given."""
+    given = dict(images or {})
+    for name, image in given.items():
+        if not isinstance(image, (str, os.PathLike)) or not os.path.isfile(image):
+            raise FixtureError(f"image {name!r}: janus needs an image file, got {image!r}")
     global _DEMO_IMAGE_DIR
     if _DEMO_IMAGE_DIR is None:  # removed when the process ends
         _DEMO_IMAGE_DIR = tempfile.TemporaryDirectory(prefix="janus-images-")
-    paths = {}
     for name, draw in demo_images.DEMO_IMAGES.items():
-        paths[name] = os.path.join(_DEMO_IMAGE_DIR.name, f"{name}.png")
-        if not os.path.isfile(paths[name]):
-            draw().save(paths[name])
-    return paths
+        if name not in given:
+            given[name] = os.path.join(_DEMO_IMAGE_DIR.name, f"{name}.png")
+            if not os.path.isfile(given[name]):
+                draw().save(given[name])
+    return given
 
 
 _DEMO_IMAGE_DIR = None
@@ -351,13 +363,25 @@ _DEMO_IMAGE_DIR = None
 def prompt_cases(family, images):
     """(name, prepare) per prompt; prepare() builds the generate() inputs and runs in the timed region."""
     if family in MOE_FAMILIES:
-        return [(name, {"messages": [{"role": "system", "content": SYSTEM_PROMPT},
-                                     {"role": "user", "content": text}]}) for name, text in MOE_PROMPTS]
-    pictures = _image_files(images) if family == "janus" else _load_images(images)
-    missing = sorted({image for _, image, _ in VISION_PROMPTS} - set(pictures))
-    if missing:
-        raise FixtureError(f"{family}: no image given for {', '.join(missing)}")
+        return [(name, _chat(text)) for name, text in MOE_PROMPTS]
+    pictures = _pictures(family, images)
     return [(name, {"image": pictures[image], "question": question}) for name, image, question in VISION_PROMPTS]
+
+
+def warmup_case(family, images):
+    """The judge script's warm-up inputs for family (prepare_inputs takes them like a prompt's)."""
+    if family in MOE_FAMILIES:
+        return _chat(MOE_WARMUP)
+    question = QWEN2_VL_WARMUP if family == "qwen2_vl" else JANUS_WARMUP
+    return {"image": _pictures(family, images)["warmup"], "question": question}
+
+
+def _chat(text):
+    return {"messages": [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": text}]}
+
+
+def _pictures(family, images):
+    return _image_files(images) if family == "janus" else _load_images(images)
 
 
 def prepare_inputs(family, model, processor, case, timings=None):
@@ -389,12 +413,13 @@ def prepare_inputs(family, model, processor, case, timings=None):
             "eos_token_id": tokenizer.eos_token_id}
 
 
-def _timed_generate(family, model, processor, case, max_new_tokens, timings=None):
+def _timed_generate(family, model, processor, case, max_new_tokens, timings=None, logits=True):
     """(seconds, generate output, inputs) for one whole call, synchronised on both sides."""
     _synchronize()
     start = time.perf_counter()
     inputs = prepare_inputs(family, model, processor, case, timings)
-    output = generator(family, model).generate(**inputs, **GENERATE_KWARGS, max_new_tokens=max_new_tokens)
+    kwargs = GENERATE_KWARGS if logits else WITHOUT_LOGITS
+    output = generator(family, model).generate(**inputs, **kwargs, max_new_tokens=max_new_tokens)
     _synchronize()
     return time.perf_counter() - start, output, inputs
 
@@ -415,38 +440,36 @@ def _prompt_length(inputs):
     return int(inputs[key].shape[1])
 
 
-# (calls, new tokens) of the warm-up before the timed prompts: Qwen2-VL's judge script warms up 5 times
-# with 10 tokens; the others warm up once, here with 2 tokens (a first call's one-off work is what a
-# warm-up takes out of the timed prompts).
-WARMUPS = {"qwen2_vl": (5, 10)}
-DEFAULT_WARMUP = (1, 2)
-
-
-def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=True):
+def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=True, compiles=None):
     """Run the judge's protocol on an already-loaded model; returns per-prompt results and timings.
 
-    processor is the tokenizer (the Qwen2VLProcessor for qwen2_vl). images maps "cat" and "man"
-    to paths or PIL images for the vision families (default: the drawn demo images).
+    processor is the tokenizer (the Qwen2VLProcessor for qwen2_vl). images maps "cat", "man" and
+    "warmup" to paths or PIL images for the vision families (each one not given: its demo drawing).
+    compiles: a callable giving how many compiles the model has made so far, or None.
     """
     if family not in FAMILY_MODEL_TYPES:
         raise FixtureError(f"unknown family {family!r}; known: {sorted(FAMILY_MODEL_TYPES)}")
     if max_new_tokens < 1:
         raise FixtureError(f"max_new_tokens must be at least 1, got {max_new_tokens}")
     cases = prompt_cases(family, images)
+    counted = compiles or (lambda: 0)
     from mindnlp.core import no_grad
 
     with no_grad():
-        warmup_s = None
+        warmup_s, warmup_compiles = None, counted()
         if warmup:
-            calls, tokens = WARMUPS.get(family, DEFAULT_WARMUP)
-            warmup_s = sum(_timed_generate(family, model, processor, cases[0][1], min(tokens, max_new_tokens))[0]
-                           for _ in range(calls))
+            case = warmup_case(family, images)
+            warmup_s = sum(_timed_generate(family, model, processor, case, min(WARMUP_TOKENS, max_new_tokens),
+                                           logits=False)[0] for _ in range(WARMUP_CALLS.get(family, 1)))
+        warmup_compiles = counted() - warmup_compiles
+        before_timed = peak_memory()
         resettable = reset_peak_memory()
         phase_start = _status_bytes("VmRSS")
         prompts = []
         for name, case in tqdm(cases, desc=family, unit="prompt"):
-            timings = {}
-            prefill_s, _, _ = _timed_generate(family, model, processor, case, 1, timings)
+            timings, seen = {}, counted()
+            prefill_s, _, _ = _timed_generate(family, model, processor, case, 1, timings, logits=False)
+            prefill_compiles, seen = counted() - seen, counted()
             e2e_s, output, inputs = _timed_generate(family, model, processor, case, max_new_tokens)
             ids, logits = _new_tokens(output)
             if not ids:
@@ -463,15 +486,18 @@ def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=
                 "processor_s": timings.get("processor_s"),
                 "e2e_s": e2e_s,
                 "decode_per_token_s": body / len(ids),
+                "compiles": {"prefill_call": prefill_compiles, "e2e_call": counted() - seen},
             })
-        memory = peak_memory()
-    memory.update({"peak_reset": resettable, "phase_start_bytes": phase_start})
+        timed = peak_memory()
+    memory = dict(timed, peak_bytes=max(before_timed["peak_bytes"], timed["peak_bytes"]),
+                  timed_peak_bytes=timed["peak_bytes"], peak_reset=resettable, phase_start_bytes=phase_start)
     return {
         "family": family,
         "model_class": f"{type(model).__module__}.{type(model).__name__}",
         "max_new_tokens": max_new_tokens,
         "decode_rule": "e2e / new_tokens" if family == "qwen2_vl" else "(e2e - prefill) / new_tokens",
         "warmup_s": warmup_s,
+        "warmup_compiles": warmup_compiles,
         "prompts": prompts,
         "prefill_s": float(np.mean([p["prefill_s"] for p in prompts])),
         "processor_s": float(np.mean([p["processor_s"] for p in prompts])) if prompts[0]["processor_s"] is not None

@@ -5,7 +5,8 @@ the model's dtype. This CPU backend has no bf16 kernels (FillV2 of the causal ma
 stock cannot run here in any dtype it can otherwise run. Inside `stock_qwen2_vl_on_cpu()` that last
 cast goes to the embeddings' own dtype instead, keeping the round trip through fp16 before it: in
 bf16, the judge's dtype, that is the branch's code exactly. On a base without the casts (the 0.4.1
-wheel) it changes nothing. Tests and the harness apply it to stock only, never to the shipped code.
+wheel) it changes nothing. The context gives whether it changed something. Tests and the harness
+apply it to stock only, never to the shipped code.
 """
 import contextlib
 import inspect
@@ -28,7 +29,7 @@ def stock_qwen2_vl_on_cpu():
     stock = module.Qwen2VLForConditionalGeneration
     original = stock.forward
     if "astype(mindspore.bfloat16)" not in inspect.getsource(original):
-        yield
+        yield False
         return
     real = module.mindspore
 
@@ -41,6 +42,6 @@ def stock_qwen2_vl_on_cpu():
 
     stock.forward = forward
     try:
-        yield
+        yield True
     finally:
         stock.forward = original

@@ -25,6 +25,7 @@ judge's timings do not use). --as-ascend runs every child wholly in that mode (f
 check's flow here).
 """
 import argparse
+import collections
 import contextlib
 import importlib
 import json
@@ -92,34 +93,35 @@ def run_child(args):
     if args.variant == "ours" and not os.path.isdir(os.path.join(os.path.dirname(mindnlp.__file__), "accel")):
         raise SystemExit(f"mindnlp at {os.path.dirname(mindnlp.__file__)} is not patched (no mindnlp/accel): "
                          "put the patched tree first on PYTHONPATH, as test.sh does")
-    mode = None
+    mode, stand_ins = None, False
     with contextlib.ExitStack() as stack:
         if args.variant == "stock" and mindspore.get_context("device_target") == "CPU":
-            stack.enter_context(stock_on_cpu(args.family))
+            stand_ins = stack.enter_context(stock_on_cpu(args.family))
         if args.as_ascend:
             from ascend_mode import AscendMode
 
             mode = stack.enter_context(AscendMode())
-        _measure(args, counters, judge, passcheck)
+        _measure(args, counters, judge, passcheck, stand_ins)
     if mode is not None:
         mode.assert_no_refusals()
 
 
 class AccelLog(logging.Handler):
-    """What the patched mindnlp logs on the "mindnlp.accel" logger: its messages, and the seconds
-    of the records that carry `compile_seconds` (each compile of a graph)."""
+    """What the patched mindnlp logs on the "mindnlp.accel" logger: its messages, and the kind and
+    seconds of the records that carry `compile_seconds` (each compile of a graph)."""
 
     def __init__(self):
         super().__init__(logging.INFO)
-        self.messages, self.compile_s = [], []
+        self.messages, self.compile_s, self.compile_kinds = [], [], []
 
     def emit(self, record):
         self.messages.append(record.getMessage())
         if hasattr(record, "compile_seconds"):
             self.compile_s.append(record.compile_seconds)
+            self.compile_kinds.append(getattr(record, "graph_kind", "graph"))
 
 
-def _measure(args, counters, judge, passcheck):
+def _measure(args, counters, judge, passcheck, stand_ins):
     import mindspore
 
     accel_log = AccelLog()
@@ -128,7 +130,8 @@ def _measure(args, counters, judge, passcheck):
     logger.setLevel(logging.INFO)
     loaded = judge.load(args.family, args.path, args.variant)
     images = dict(args.images) or None
-    run = judge.run_family(args.family, loaded.model, loaded.processor, args.max_new_tokens, images)
+    run = judge.run_family(args.family, loaded.model, loaded.processor, args.max_new_tokens, images,
+                           compiles=lambda: len(accel_log.compile_s))
     protocol_compiles = len(accel_log.compile_s)
     case = judge.prompt_cases(args.family, images)[0][1]
     # Counting attributes launches by wall clock, which needs blocking dispatch: on the CPU the child
@@ -137,6 +140,7 @@ def _measure(args, counters, judge, passcheck):
     counts = count_generate(loaded, case, args, counters, judge) if on_cpu else None
     kernel_decisions, ascend_counts = {}, None
     logged = {"messages": list(accel_log.messages), "compile_s": list(accel_log.compile_s),
+              "compile_kinds": list(accel_log.compile_kinds),
               "protocol_compiles": protocol_compiles}  # the judge's protocol, then the count
     if args.variant == "ours" and not loaded.ours_is_stock:
         from mindnlp.accel import device
@@ -147,11 +151,13 @@ def _measure(args, counters, judge, passcheck):
     logging.getLogger("mindnlp.accel").removeHandler(accel_log)
     out_dir = os.path.join(args.out, args.family)
     passcheck.save_target(run, os.path.join(out_dir, "target" if args.variant == "stock" else "candidate"))
-    summary = {key: run[key] for key in ("family", "model_class", "max_new_tokens", "decode_rule",
-                                         "warmup_s", "prefill_s", "processor_s", "decode_per_token_s", "memory")}
+    summary = {key: run[key] for key in ("family", "model_class", "max_new_tokens", "decode_rule", "warmup_s",
+                                         "warmup_compiles", "prefill_s", "processor_s", "decode_per_token_s",
+                                         "memory")}
     summary.update(model_class=loaded.model_class, variant=args.variant, path=args.path, load_s=loaded.load_s,
                    device_target=mindspore.get_context("device_target"),
                    ours_is_stock=loaded.ours_is_stock, counts=counts and counts.to_dict(), ascend_counts=ascend_counts,
+                   stock_stand_ins=bool(stand_ins),
                    kernel_decisions=kernel_decisions, accel_log=logged,
                    prompts=[{k: v for k, v in p.items() if k != "logits"} for p in run["prompts"]])
     with open(os.path.join(out_dir, f"{args.variant}.json"), "w", encoding="utf-8") as f:
@@ -174,10 +180,16 @@ STOCK_ON_CPU = {
 }
 
 
+def stand_in_notes(family, stock):
+    """The report's note on the stand-ins stock ran with, where they changed something on this base."""
+    return [f"{family}: {STOCK_ON_CPU[family][1]}"] if family in STOCK_ON_CPU and stock.get("stock_stand_ins") else []
+
+
 def stock_on_cpu(family):
-    """The context stock `family` runs in on the CPU backend (STOCK_ON_CPU), or one that does nothing."""
+    """The context stock `family` runs in on the CPU backend (STOCK_ON_CPU), or one that does nothing;
+    it gives whether its stand-ins changed anything on this base."""
     if family not in STOCK_ON_CPU:
-        return contextlib.nullcontext()
+        return contextlib.nullcontext(False)
     module_name, function = STOCK_ON_CPU[family][0].split(":")
     return getattr(importlib.import_module(module_name), function)()
 
@@ -280,19 +292,21 @@ def spawn(family, variant, path, args, progress, what):
 
 
 def compile_notes(family, ours):
-    """The report's lines on what ours compiled (each graph's compile time; the compiles in the
-    judge's protocol apart from those of the count) and on what accel decided about its compiled step."""
+    """The report's lines on what ours compiled (how many graphs of each kind, and their compile time,
+    in the judge's warm-up, in its timed calls, and in the counted generate after them) and on what
+    accel decided about its graphs."""
     logged = ours.get("accel_log") or {}
     notes = []
     if logged.get("compile_s"):
-        seconds = logged["compile_s"]
-        protocol = logged["protocol_compiles"]
-        notes.append(f"{family}: ours compiled its decode step {protocol} time(s) in the judge's protocol (warm-up "
-                     f"and timed prompts: " + ", ".join(f"{s:.2f} s" for s in seconds[:protocol])
-                     + f") and {len(seconds) - protocol} time(s) in the counted generate; a compile after the first "
-                     "is a new cache bucket or step layout, and falls in the timed figures unless the warm-up had it")
+        seconds, kinds, protocol = logged["compile_s"], logged.get("compile_kinds") or [], logged["protocol_compiles"]
+        timed = sum(sum(p["compiles"].values()) for p in ours["prompts"] if p.get("compiles"))
+        by_kind = collections.Counter(kinds[:protocol])
+        notes.append(f"{family}: ours compiled {ours.get('warmup_compiles', protocol - timed)} graph(s) in the judge's "
+                     f"warm-up and {timed} in its timed calls (" + ", ".join(f"{n} {kind}" for kind, n in by_kind.items())
+                     + f"; {sum(seconds[:protocol]):.1f} s of compiling in all), {len(seconds) - protocol} in the "
+                     "counted generate" + ("" if not timed else "; a compile in a timed call is in its figure"))
     notes += [f"{family}: {message}" for message in logged.get("messages", []) if "adopted" in message
-              or "not used" in message or "disabled" in message]
+              or "not used" in message or "disabled" in message or "longer than" in message]
     return notes
 
 
@@ -305,9 +319,11 @@ def report_row(result, checks=None):
            "decode_ops": counts.get("decode_ops"), "decode_syncs": counts.get("decode_syncs"),
            "cpu_steal_pct": None if result.get("cpu_steal_share") is None else 100 * result["cpu_steal_share"],
            "top": counts.get("top_decode") or counts.get("top_prefill")}
+    row.update(prefill_graph_calls=counts.get("prefill_graph_calls"), decode_graph_calls=counts.get("decode_graph_calls"))
     if result.get("ascend_counts"):
-        row.update(ascend_prefill_ops=result["ascend_counts"]["prefill_ops"],
-                   ascend_decode_ops=result["ascend_counts"]["decode_ops"])
+        ascend = result["ascend_counts"]
+        row.update(ascend_prefill_ops=ascend["prefill_ops"], ascend_decode_ops=ascend["decode_ops"],
+                   ascend_prefill_syncs=ascend["prefill_syncs"], ascend_decode_syncs=ascend["decode_syncs"])
     if checks is not None:
         passed = sum(check.passed for check in checks)
         row["pass_check"] = f"{passed}/{len(checks)} prompts pass" + "".join(
@@ -316,22 +332,58 @@ def report_row(result, checks=None):
     return row
 
 
+def device_counts(row):
+    """What a row's variant runs on the device per phase, for the cost model: its host dispatches (a
+    graph call one each), its syncs on the Ascend path where counted there (the CPU's read of a replayed
+    graph's output is CPU-only), and the kernels its graphs launch: the Ascend path's launches (counted
+    in PyNative, where O0 graphs launch the same kernels) less the dispatches outside its graphs."""
+    counts = {}
+    for phase in ("prefill", "decode"):
+        host, calls, ascend = row[f"{phase}_ops"], row.get(f"{phase}_graph_calls") or 0, row.get(f"ascend_{phase}_ops")
+        syncs = row.get(f"ascend_{phase}_syncs", row[f"{phase}_syncs"])
+        if ascend is None:
+            counts.update({f"{phase}_ops": host, f"{phase}_syncs": row[f"{phase}_syncs"]})
+        elif calls:
+            counts.update({f"{phase}_ops": host, f"{phase}_syncs": syncs,
+                           f"{phase}_graph_kernels": max(0.0, ascend - (host - calls))})
+        else:
+            counts.update({f"{phase}_ops": ascend, f"{phase}_syncs": syncs})
+    return counts
+
+
 def add_predictions(rows, stock_counts):
-    """Cost-model predictions of the Ascend times, calibrated on the stock rows; returns notes."""
+    """Cost-model predictions of the Ascend times, calibrated on the stock rows, the device-memory
+    prediction and the judge's score over them; returns notes."""
     import costmodel
+    import device_memory
+    import score
 
     try:
         fit = costmodel.calibrate(costmodel.baseline_samples(stock_counts), by_phase=True)
     except ValueError as err:
         return [f"No Ascend prediction: {err}"]
+    notes, predicted = fit.describe(), {}
+    kernel_costs = costmodel.GRAPH_KERNEL_SECONDS
+    notes += ["", f"Compiled graphs: each kernel they launch costs c_kernel on the device, "
+              f"{kernel_costs['middle'] * 1e6:g} us in the predictions above, the range "
+              f"{kernel_costs['low'] * 1e6:g}-{kernel_costs['high'] * 1e6:g} us below (costmodel.GRAPH_KERNEL_SECONDS "
+              "says where the values come from):", ""]
     for row in rows:
-        # ours on its Ascend path where it was counted there (the syncs are the same on both paths)
-        counts = {"prefill_ops": row.get("ascend_prefill_ops", row["prefill_ops"]),
-                  "prefill_syncs": row["prefill_syncs"],
-                  "decode_ops": row.get("ascend_decode_ops", row["decode_ops"]), "decode_syncs": row["decode_syncs"]}
-        row["predicted_prefill_s"] = costmodel.predict(fit, counts, row["family"], "prefill")
-        row["predicted_decode_s"] = costmodel.predict(fit, counts, row["family"], "decode")
-    return fit.describe()
+        counts = device_counts(row)
+        for phase in ("prefill", "decode"):
+            row[f"predicted_{phase}_s"] = costmodel.predict(fit, counts, row["family"], phase)
+            ends = [costmodel.predict(fit, counts, row["family"], phase, kernel_costs[end]) for end in ("low", "high")]
+            kernels = counts.get(f"{phase}_graph_kernels")
+            if kernels:
+                notes.append(f"- {row['family']}/{row['variant']} {phase}: {kernels:.0f} graph kernels; "
+                             f"{ends[0]:.4g}-{ends[1]:.4g} s")
+        if row["variant"] == "ours" and row["family"] != "llama":
+            gib = device_memory.predict(row["family"], "ours")["gib"]
+            predicted[row["family"]] = {"prefill": row["predicted_prefill_s"], "decode": row["predicted_decode_s"],
+                                        "memory": gib * device_memory.GIB / 1e9}
+    families = [family for family in ("qwen2_moe", "deepseek", "qwen2_vl", "janus") if family in predicted]
+    notes += ["", *device_memory.describe(families or ["qwen2_moe"]), "", *score.describe(predicted)]
+    return notes
 
 
 def main(argv=None):
@@ -400,8 +452,7 @@ def main(argv=None):
         notes.append(f"{family}: {what}; ours is {ours['model_class']}"
                      + (" (stock served: no accelerated class, or it fell back for this config)"
                         if ours["ours_is_stock"] else ""))
-        if family in STOCK_ON_CPU and stock["counts"] is not None:  # counted means it ran on the CPU
-            notes.append(f"{family}: {STOCK_ON_CPU[family][1]}")
+        notes += stand_in_notes(family, stock)
         notes += compile_notes(family, ours)
         if stock.get("processor_s") is not None:
             notes.append(f"{family}: the processor's share of prefill (its call; for janus with the image file's "

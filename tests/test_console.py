@@ -36,6 +36,12 @@ NOTICES = [
     "[WARNING] ME(11374:139741215886208,MainProcess):2026-12-02-03:29:42.210.00 "
     "[mindspore/profiler/schedule.py:200] Profiler won't be using warmup, this can skew profiler results",
     "[MS_ALLOC_CONF]Runtime config:  enable_vmm:True  vmm_align_size:2MB",
+    "`Qwen2VLRotaryEmbedding` can now be fully parameterized by passing the model config through the `config` "
+    "argument. All other arguments will be removed",
+    "[WARNING] UTILS(5243,7f77aefbfb80,python):2026-12-07-23:58:47.045.317 [mindspore/ccsrc/utils/signal_util.cc:51] "
+    "RegisterGlobalSignalHandler] MSCONTEXT_REGISTER_INIT_FUNC register int handler",
+    "[WARNING] UTILS(5243,7f77aefbfb80,python):2026-12-07-23:58:47.045.364 [mindspore/ccsrc/utils/signal_util.cc:57] "
+    "RegisterGlobalSignalHandler] The signal has been registered",
 ]
 
 

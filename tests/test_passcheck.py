@@ -155,12 +155,14 @@ def test_load_rejects_bad_directories(tmp_path, qwen_moe_tiny):
     assert judge.family_of(qwen_moe_tiny) == "qwen2_moe"
 
 
-def test_missing_image_is_a_clear_error(tmp_path):
+def test_missing_image_is_a_clear_error_and_an_image_not_given_is_drawn(tmp_path):
     with pytest.raises(judge.FixtureError, match="no file"):
         judge.run_family("qwen2_vl", None, None, images={"cat": str(tmp_path / "cat.png"), "man": str(tmp_path)})
     cat = demo_images.write_demo_images(str(tmp_path / "images"))["cat"]
-    with pytest.raises(judge.FixtureError, match="no image given for man"):
-        judge.run_family("llama", None, None, images={"cat": cat})
+    cases = dict(judge.prompt_cases("qwen2_vl", {"cat": cat}))
+    assert cases["describe"]["image"].size == demo_images.CAT_SIZE
+    assert cases["story"]["image"].size == demo_images.MAN_SIZE  # the drawing, at the judge's size
+    assert judge.warmup_case("qwen2_vl", {"cat": cat})["image"].size == demo_images.WARMUP_SIZE
 
 
 def test_protocol_run_on_tiny_fixture(qwen_moe_tiny, tmp_path):
@@ -208,12 +210,25 @@ def test_ours_variant_reports_stock_when_our_class_falls_back(qwen_moe_tiny, mon
     assert loaded.model_class == qualified_name(stock)
 
 
-@pytest.mark.parametrize("family,calls,tokens", [("qwen2_vl", 5, 10), ("qwen2_moe", 1, 2)])
-def test_warm_ups_are_the_judge_scripts(monkeypatch, family, calls, tokens):
-    """Warm-up calls (their new tokens), then the first prompt's prefill call of 1 token."""
+@pytest.mark.parametrize("family,calls,question", [("qwen2_vl", 5, "This a warm up prompt"),
+                                                    ("janus", 1, "Hello, this is a warm-up sequence to prepare the "
+                                                                 "Janus model."),
+                                                    ("qwen2_moe", 1, None)])
+def test_warm_ups_are_the_judge_scripts(monkeypatch, family, calls, question):
+    """The judge scripts' warm-up calls (their prompt and picture, 10 new tokens, no logits), then the
+    first prompt's prefill call of 1 token without logits and its call with them."""
     made = []
-    monkeypatch.setattr(judge, "_timed_generate", lambda *args, **kwargs: made.append(args[4]) or (0.0, None, None))
+    monkeypatch.setattr(judge, "_timed_generate",
+                        lambda *args, **kwargs: made.append((args[3], args[4], kwargs.get("logits", True)))
+                        or (0.0, None, None))
     monkeypatch.setattr(judge, "prompt_cases", lambda family_, images: [("only", {})])
+    monkeypatch.setattr(judge, "_image_files", judge._load_images)  # janus: the pictures, not files, suffice here
     with pytest.raises(AttributeError):  # the fake output has no logits: the run stops after the first prompt's calls
         judge.run_family(family, None, None, max_new_tokens=50)
-    assert made == [tokens] * calls + [1, 50]
+    warmup = judge.warmup_case(family, None)
+    assert [(tokens, logits) for _, tokens, logits in made] == [(10, False)] * calls + [(1, False), (50, True)]
+    for case, _, _ in made[:calls]:
+        if question is None:
+            assert case == warmup and case["messages"][1]["content"] == judge.MOE_WARMUP
+        else:
+            assert case["question"] == question and case["image"].size == demo_images.WARMUP_SIZE

@@ -58,7 +58,7 @@ def test_cpu_steal_share_from_proc_stat(tmp_path):
     assert run_module.cpu_ticks(str(tmp_path / "missing")) is None
 
 
-def test_compile_times_and_the_verdict_reach_the_report():
+def test_compiles_by_kind_and_phase_and_the_verdicts_reach_the_report():
     sys.path.insert(0, os.path.join(ROOT, "eval"))
     import logging
 
@@ -69,15 +69,56 @@ def test_compile_times_and_the_verdict_reach_the_report():
     logger.addHandler(log)
     logger.setLevel(logging.INFO)
     try:
-        logger.info("compiled in %.2f s", 1.5, extra={"compile_seconds": 1.5})
+        logger.info("compiled in %.2f s", 1.5, extra={"compile_seconds": 1.5, "graph_kind": "prefill"})
         logger.info("compiled decode step adopted for batch 1")
+        logger.info("compiled in %.2f s", 0.5, extra={"compile_seconds": 0.5, "graph_kind": "decode step"})
         logger.info("compiled in %.2f s", 0.25, extra={"compile_seconds": 0.25})
     finally:
         logger.removeHandler(log)
-    assert log.compile_s == [1.5, 0.25] and len(log.messages) == 3
-    ours = {"accel_log": {"messages": log.messages, "compile_s": log.compile_s, "protocol_compiles": 1}}
+    assert log.compile_s == [1.5, 0.5, 0.25] and log.compile_kinds == ["prefill", "decode step", "graph"]
+    ours = {"accel_log": {"messages": log.messages, "compile_s": log.compile_s, "compile_kinds": log.compile_kinds,
+                          "protocol_compiles": 2},
+            "warmup_compiles": 2, "prompts": [{"compiles": {"prefill_call": 0, "e2e_call": 0}}]}
     notes = run_module.compile_notes("qwen2_moe", ours)
-    assert "1 time(s) in the judge's protocol" in notes[0] and "1.50 s" in notes[0]
-    assert "1 time(s) in the counted generate" in notes[0]
+    assert notes[0].startswith("qwen2_moe: ours compiled 2 graph(s) in the judge's warm-up and 0 in its timed calls")
+    assert "1 prefill, 1 decode step; 2.0 s of compiling" in notes[0] and "1 in the counted generate" in notes[0]
     assert notes[1] == "qwen2_moe: compiled decode step adopted for batch 1"
+    ours["prompts"][0]["compiles"]["prefill_call"] = 1
+    assert "a compile in a timed call is in its figure" in run_module.compile_notes("qwen2_moe", ours)[0]
     assert run_module.compile_notes("llama", {"accel_log": {"messages": [], "compile_s": []}}) == []
+
+
+def test_the_stand_in_note_appears_only_where_the_stand_ins_changed_something():
+    """On the 0.4.1 wheel stock Qwen2-VL has no fp16 round trip, its shim changes nothing, and the report
+    must not say it ran with one (qwen2_vl_cpu_shims gives whether it applied)."""
+    sys.path.insert(0, os.path.join(ROOT, "eval"))
+    import run as harness
+    from qwen2_vl_cpu_shims import stock_qwen2_vl_on_cpu
+
+    assert harness.stand_in_notes("qwen2_vl", {"stock_stand_ins": False}) == []
+    assert "qwen2_vl_cpu_shims" in harness.stand_in_notes("qwen2_vl", {"stock_stand_ins": True})[0]
+    assert harness.stand_in_notes("qwen2_moe", {"stock_stand_ins": True}) == []
+    import inspect
+    from mindnlp.transformers.models.qwen2_vl import modeling_qwen2_vl
+
+    on_the_branch = "astype(mindspore.bfloat16)" in inspect.getsource(
+        modeling_qwen2_vl.Qwen2VLForConditionalGeneration.forward)
+    with stock_qwen2_vl_on_cpu() as applied:
+        assert applied == on_the_branch
+
+
+def test_concurrent_test_sh_runs_each_evaluate_a_tree_of_their_own():
+    """Two `bash test.sh` runs from one checkout once shared .build/eval-tree, and the second replaced
+    the tree the first was running from. Each run now applies the series to a directory of its own
+    (mktemp) and removes it when it ends."""
+    import glob
+
+    script = open(os.path.join(ROOT, "test.sh"), encoding="utf-8").read()
+    assert 'tree=$(mktemp -d "$PWD/.build/eval-tree.XXXXXX")' in script and "trap 'rm -rf \"$tree\"' EXIT" in script
+    before = set(glob.glob(os.path.join(ROOT, ".build", "eval-tree*")))
+    runs = [subprocess.Popen(["bash", os.path.join(ROOT, "test.sh"), "--families", "bogus"], cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for proc in runs:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode != 0 and "unknown families ['bogus']" in err, err
+    assert set(glob.glob(os.path.join(ROOT, ".build", "eval-tree*"))) == before
