@@ -38,6 +38,9 @@ QUIET = (
     r"\[WARNING\] ME\([^)]*\):[\d\-:. ]+\[mindspore/profiler/schedule\.py:\d+\] Profiler won't be using warmup, "
     r"this can skew profiler results",
     r"\[MS_ALLOC_CONF\]Runtime config:.*",
+    # MindSpore's account of its memory pool at exit (read by `run`) and of its runtime configuration
+    r"\[MS_RUNTIME_PROF\].*",
+    r"\[MS_DEV_RUNTIME_CONF\]Runtime config:.*",
     # MindSpore's trace capture, at each compile (2 lines)
     r"\[WARNING\] UTILS\([^)]*\):[\d\-:. ]+\[mindspore/ccsrc/utils/signal_util\.cc:\d+\] RegisterGlobalSignalHandler\] "
     r"(MSCONTEXT_REGISTER_INIT_FUNC register int handler|The signal has been registered)",
@@ -90,8 +93,16 @@ class QuietFilter:
         return kept + end
 
 
-def run(command, verbose=False, env=None):
-    """Run `command`, its output shown on this process's stdout (filtered unless `verbose`); its exit code."""
+# MindSpore's account of its memory pool as a process ends (with MS_DEV_RUNTIME_CONF=memory_statistics:True):
+# the pool reserved ("total allocated") and the peak in use, in MB. The pool is what max_memory_reserved
+# reads on a device; it grows in whole blocks of 1 GiB.
+POOL_LINE = re.compile(r"\[MS_RUNTIME_PROF\]The dynamic memory pool total allocated mem:(\d+)M.*?, peak used mem:(\d+)M")
+
+
+def run(command, verbose=False, env=None, pool=None):
+    """Run `command`, its output shown on this process's stdout (filtered unless `verbose`); its exit code.
+    `pool`, a dict, gets the child's memory-pool account where it prints one (POOL_LINE): reserved_bytes
+    and peak_bytes (the line itself is not shown)."""
     if verbose:
         return subprocess.run(command, env=env).returncode
     # unbuffered: a pipe would make the child's stdout block-buffered, out of order with its stderr
@@ -99,12 +110,18 @@ def run(command, verbose=False, env=None):
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
     quiet = QuietFilter()
+    tail = ""  # the end of the output, where the pool's account comes
     while True:
         chunk = os.read(proc.stdout.fileno(), 65536)
         if not chunk:
             break
-        sys.stdout.write(quiet.feed(decoder.decode(chunk)))
+        text = decoder.decode(chunk)
+        tail = (tail + text)[-8192:]
+        sys.stdout.write(quiet.feed(text))
         sys.stdout.flush()
+    found = POOL_LINE.search(tail)
+    if pool is not None and found:
+        pool.update(reserved_bytes=int(found.group(1)) << 20, peak_bytes=int(found.group(2)) << 20)
     sys.stdout.write(quiet.feed(decoder.decode(b"", final=True)) + quiet.flush())
     sys.stdout.flush()
     proc.stdout.close()

@@ -1,8 +1,8 @@
 """Synthetic byte-level tokenizers with a real model's size and special-token ids.
 
 The vocabulary is built by rule, not trained, so it is deterministic and quick: the 128 ASCII
-byte symbols, one unknown symbol, common English words (so prompts tokenize to a realistic number
-of tokens), then printable pairs and triples until the real number of ordinary tokens is reached. Only ASCII byte symbols are in the base, so every
+byte symbols, one unknown symbol, common English words and those of the judge's prompts (so
+prompts tokenize to about the number of tokens the real tokenizers give them), then printable pairs and triples until the real number of ordinary tokens is reached. Only ASCII byte symbols are in the base, so every
 id decodes to a distinct non-empty string (a lone non-ASCII byte would decode to U+FFFD, which
 is what the unknown symbol stands for: non-ASCII input is encoded as that one token).
 """
@@ -38,6 +38,12 @@ novelist mystery novel novels writer author wrote written university trained det
 news report reports city council said says announced plan plans project public market economy
 summarize summary following text article paragraph paragraphs company companies government
 local residents officials percent million week month weather rain storm season first second
+a able apply approve argued assist autumn bank barrier budget central construction content cost cover
+debate dollars east embankment ending estimated expected finish flood flooded funds half harbour hillary
+hold homes hundred including language market's meetings metres mill monthly natural opponents overdue
+owners progress provides pumping questioned raise realistic riverside riverton sentences several shaped
+shop spring square stations stories storms street studied style supporters tasks temporary training
+tuesday understand using variety vision visual voted whether within writing yale
 """.split()
 
 PRINTABLE_BYTES = list(range(33, 127)) + [ord(" "), ord("\n")]

@@ -8,6 +8,10 @@ A result is a dict:
     decode_s_per_token  float  seconds per decode token, measured here
     memory_bytes        int    peak memory in bytes
     memory_source       str    how memory_bytes was read, e.g. "VmHWM (ru_maxrss)"
+    pool_peak_bytes, pool_reserved_bytes
+                        int    optional: MindSpore's memory pool as the child ended (its peak in use, and
+                               what it reserved: on a device, max_memory_reserved; on the CPU backend
+                               weights made from host arrays and the kernels' own objects are outside it)
     prefill_ops         float  operator launches of the prefill (counters.py)
     prefill_syncs       float  host-device syncs of the prefill
     decode_ops          float  operator launches per decode token
@@ -41,6 +45,8 @@ METRICS = (
     ("prefill_s", "prefill (s)", "{:.4g}"),
     ("decode_s_per_token", "decode (s/token)", "{:.4g}"),
     ("memory_bytes", "memory (GB)", "{:.3f}"),
+    ("pool_peak_bytes", "MindSpore's memory pool, peak in use (GB)", "{:.3f}"),
+    ("pool_reserved_bytes", "MindSpore's memory pool, reserved (GB, whole GiB blocks)", "{:.3f}"),
     ("prefill_ops", "ops per prefill", "{:.0f}"),
     ("prefill_syncs", "syncs per prefill", "{:.0f}"),
     ("decode_ops", "ops per decode token", "{:.1f}"),
@@ -92,7 +98,7 @@ def _value(result, key):
     if result is None or result.get(key) is None:
         return None
     value = result[key]
-    return value / 1e9 if key == "memory_bytes" else value
+    return value / 1e9 if key.endswith("_bytes") else value
 
 
 def _ratio(stock, ours):

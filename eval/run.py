@@ -276,13 +276,17 @@ def spawn(family, variant, path, args, progress, what):
     for name, image in args.images:
         command += ["--image", f"{name}={image}"]
     progress.start(f"{family}/{variant}", what)
-    started, ticks = time.perf_counter(), cpu_ticks()
-    returncode = console.run(command, verbose=args.verbose)
+    started, ticks, pool = time.perf_counter(), cpu_ticks(), {}
+    # MindSpore then accounts for its memory pool as the child ends (console.POOL_LINE)
+    env = dict(os.environ, MS_DEV_RUNTIME_CONF=",".join(
+        part for part in (os.environ.get("MS_DEV_RUNTIME_CONF"), "memory_statistics:True") if part))
+    returncode = console.run(command, verbose=args.verbose, env=env, pool=pool)
     progress.end()
     if returncode != 0:
         raise SystemExit(f"{family}/{variant} failed (exit {returncode}); see the output above")
     with open(os.path.join(args.out, family, f"{variant}.json"), encoding="utf-8") as f:
         result = json.load(f)
+    result["memory"]["pool"] = pool or None
     result["cpu_steal_share"] = steal_share(ticks, cpu_ticks())
     steal = result["cpu_steal_share"]
     print(f"{family}/{variant}: done in {time.perf_counter() - started:.0f} s: prefill {result['prefill_s']:.3f} s, "
@@ -312,9 +316,11 @@ def compile_notes(family, ours):
 
 def report_row(result, checks=None):
     counts = result["counts"] or {}  # None where the run was not counted (on a device)
+    pool = result["memory"].get("pool") or {}
     row = {"family": result["family"], "variant": result["variant"], "prefill_s": result["prefill_s"],
            "decode_s_per_token": result["decode_per_token_s"],
            "memory_bytes": result["memory"]["peak_bytes"], "memory_source": result["memory"]["source"],
+           "pool_peak_bytes": pool.get("peak_bytes"), "pool_reserved_bytes": pool.get("reserved_bytes"),
            "prefill_ops": counts.get("prefill_ops"), "prefill_syncs": counts.get("prefill_syncs"),
            "decode_ops": counts.get("decode_ops"), "decode_syncs": counts.get("decode_syncs"),
            "cpu_steal_pct": None if result.get("cpu_steal_share") is None else 100 * result["cpu_steal_share"],

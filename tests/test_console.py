@@ -101,3 +101,13 @@ def test_the_harness_is_quiet_unless_verbose_and_ends_with_its_summary(tmp_path)
     assert re.search(r"qwen2_moe: 100%\|", quiet)  # the judge's progress bars still show
     loud = harness("--out", str(tmp_path / "verbose"), "--verbose")
     assert any("UserWarning: `do_sample` is set to `False`" in line for line in notices_in(loud))
+
+
+def test_the_memory_pools_account_is_read_and_not_shown(capfd):
+    line = ("[MS_RUNTIME_PROF]The dynamic memory pool total allocated mem:1024M, min addr :0, max addr: 0, peak used "
+            "mem:738M, actual peak used mem:791M, in used mem:132M, total used by event mem:0M")
+    pool = {}
+    code = console.run([sys.executable, "-c", f"print('shown'); print({line!r})"], pool=pool)
+    assert code == 0 and pool == {"reserved_bytes": 1024 << 20, "peak_bytes": 738 << 20}
+    out = capfd.readouterr().out
+    assert "shown" in out and "MS_RUNTIME_PROF" not in out
