@@ -36,9 +36,10 @@ from ..layers.primitives import take_rows
 from .step import DecodeState, PromptOnHost, cache_positions, decode_step
 from .step_graph import disagreement, flatten, step_function, unpacker
 
-# Powers of two, and 1.5 times one above 256, where padding a prompt costs most: the judge's prompts
-# (about 20, 50 and 150 text tokens; 90, 351 and 1023 for Qwen2-VL; 640 for Janus) pad by at most 70%.
-BUCKETS = Buckets("MINDNLP_ACCEL_PREFILL_BUCKETS", (64, 128, 256, 384, 512, 768, 1024))
+# Steps of at most 1.5x from 128 up, and 640 for Janus-Pro's prompts (576 image positions and its
+# template): a prompt pads by at most half its length, where attention costs the square of the bucket
+# (the judge's: about 20, 50 and 150 text tokens; 90, 351 and 1023 for Qwen2-VL; 630 for Janus).
+BUCKETS = Buckets("MINDNLP_ACCEL_PREFILL_BUCKETS", (64, 128, 192, 256, 384, 512, 640, 768, 1024))
 BUCKETS_ENV = BUCKETS.env
 
 logger = logging.getLogger("mindnlp.accel")
