@@ -126,3 +126,46 @@ def test_the_harness_runs_janus_end_to_end(tmp_path):
     assert ours["counts"]["prefill_ops"] < stock["counts"]["prefill_ops"]
     report = (out / "report.md").read_text()
     assert "2/2 prompts pass" in report and "the processor's share of prefill" in report
+
+
+PROCESSOR_PROBE = """
+import sys
+import numpy as np
+import mindspore
+mindspore.set_device("CPU")
+mindspore.runtime.launch_blocking()
+sys.path.insert(0, {eval_dir!r})
+import counters
+from janus.models import VLChatProcessor
+from janus.utils.io import load_pil_images
+processor = VLChatProcessor.from_pretrained({model!r})
+conv = [{{"role": "<|User|>", "content": "<image_placeholder>\\nDescribe the image", "images": [{image!r}]}},
+        {{"role": "<|Assistant|>", "content": ""}}]
+images = load_pil_images(conv)
+processor(conversations=conv, images=images, force_batchify=True)
+with counters.count_region() as region:
+    out = processor(conversations=conv, images=images, force_batchify=True)
+fields = ("input_ids", "attention_mask", "pixel_values", "images_seq_mask", "images_emb_mask")
+np.savez({out!r}, **{{name: getattr(out, name).asnumpy() for name in fields}})
+print("RESULT", region.counts.steps[0].n_ops, region.counts.steps[0].n_syncs, out.sft_format[0] == processor.apply_sft_template_for_multi_turn_prompts(conversations=conv, sft_format=processor.sft_format, system_prompt=processor.system_prompt))
+"""
+
+
+def test_the_processor_gives_stocks_outputs_made_on_the_host(checkpoint, tmp_path):
+    """Every output of ours equals stock's, values and dtypes, on the judge's pictures; ours launches
+    no operator and reads nothing back (stock: a nonzero, an item and a few dozen launches)."""
+    model, images = checkpoint
+    results, arrays = {}, {}
+    for accel in ("0", "1"):
+        out = tmp_path / f"processor{accel}.npz"
+        code = PROCESSOR_PROBE.format(eval_dir=os.path.join(ROOT, "eval"), model=model, image=images["cat"], out=str(out))
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=janus_env(accel),
+                              cwd=JANUS_DIR, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        line = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT "))
+        results[accel], arrays[accel] = line.split()[1:], np.load(out)
+    for name in arrays["0"].files:
+        assert arrays["1"][name].dtype == arrays["0"][name].dtype, name
+        np.testing.assert_array_equal(arrays["1"][name], arrays["0"][name], err_msg=name)
+    assert int(results["0"][0]) > 10 and int(results["0"][1]) >= 1
+    assert results["1"] == ["0", "0", "True"]

@@ -314,3 +314,31 @@ def test_the_cpu_stand_in_for_mint_norm_computes_the_norm_and_is_restored():
         got = mindspore.mint.norm(Tensor(x), 2.0, -1, True).asnumpy()
     assert mindspore.mint.norm is original
     np.testing.assert_allclose(got, np.linalg.norm(x, axis=-1, keepdims=True), rtol=1e-6)
+
+
+def test_the_tower_and_aligner_as_one_graph_equal_pynative(monkeypatch):
+    """janus_vision.image_embeddings: the tower and the aligner as one graph per image shape, checked
+    against PyNative on its first images; the aligner's finite check comes out of the graph."""
+    from mindnlp.accel.graphs import JIT_ENV
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.vision_model = janus_vision.SiglipVisionTower(IMAGE, DEPTH)
+            self.aligner = janus_vision.build_aligner({"projector_type": "mlp_gelu", "input_dim": 1024,
+                                                       "n_embed": 64, "depth": 2})
+
+    model = Model()
+    images = Tensor(np.random.default_rng(3).standard_normal((1, 3, IMAGE, IMAGE)).astype(np.float32))
+    monkeypatch.setenv(JIT_ENV, "0")
+    want = janus_vision.image_embeddings(model, images).asnumpy()
+    model.__dict__.pop("_compiled_towers")
+    monkeypatch.setenv(JIT_ENV, "1")
+    first = janus_vision.image_embeddings(model, images).asnumpy()
+    pending = list(janus_vision.ALIGNER_CHECK._pending)
+    again = janus_vision.image_embeddings(model, images).asnumpy()
+    graphs = model.__dict__["_compiled_towers"]
+    assert graphs.verdict == "adopted" and graphs.compiles == 1
+    np.testing.assert_array_equal(first, want)
+    np.testing.assert_allclose(again, want, rtol=0, atol=1e-5 * np.abs(want).max())
+    assert len(pending) == 1 and pending[0].asnumpy().tolist() == [False, False]

@@ -160,3 +160,70 @@ def test_count_script_reports_both_towers(capsys):
     launches = {name: int(lines[name].split()[0]) for name in ("stock", "ours")}
     assert 0 < launches["ours"] < launches["stock"]
     assert "2 image(s), 48 patches, 2 blocks" in lines["ours"]
+
+
+def test_query_chunks_fit_the_budget_and_never_leave_one_row():
+    from mindnlp.accel.layers.vision import SCORES_BUDGET_BYTES, query_chunks
+
+    for queries in (1, 2, 37, 3996, 4097):
+        chunks = query_chunks(queries, queries, 16, mindspore.float32)
+        assert [start for start, _ in chunks] == list(np.cumsum([0] + [rows for _, rows in chunks])[:-1])
+        assert sum(rows for _, rows in chunks) == queries
+        assert all(rows > 1 for _, rows in chunks) or queries == 1
+        assert all(16 * queries * rows * 12 <= SCORES_BUDGET_BYTES for _, rows in chunks) or len(chunks) == 1
+    budget_rows = SCORES_BUDGET_BYTES // (16 * 3996 * 12)
+    assert query_chunks(budget_rows * 2 + 1, 3996, 16, mindspore.float32)[-1][1] == 2  # not a chunk of one row
+
+
+@pytest.mark.parametrize("dtype", [mindspore.float32, mindspore.float16])
+def test_attention_in_query_chunks_is_one_calls_attention_bit_for_bit(dtype):
+    """On this CPU a split of the query rows (none of one row) gives each row the bits of one call:
+    the PyNative tower takes its queries in chunks here (layers.vision.chunking_exact)."""
+    from mindnlp.accel.layers.vision import attend_in_chunks, chunking_exact
+
+    rng = np.random.default_rng(1)
+    q, k, v = (mindspore.Tensor(rng.standard_normal((4, 1000, 16)).astype(np.float32)).to(dtype) for _ in range(3))
+    whole = attend_in_chunks(q, k, v, [(0, 1000)]).asnumpy()
+    for chunks in ([(0, 333), (333, 333), (666, 334)], [(0, 998), (998, 2)]):
+        np.testing.assert_array_equal(attend_in_chunks(q, k, v, chunks).asnumpy(), whole)
+    assert chunking_exact(dtype, 4, 16)
+
+
+def test_key_bias_attention_hides_the_padding_and_stays_close_to_the_images_own():
+    from mindnlp.accel.layers.vision import attend_in_chunks, attend_keys_in_chunks
+
+    rng = np.random.default_rng(2)
+    q, k, v = (rng.standard_normal((4, 96, 16)).astype(np.float32) for _ in range(3))
+    bias = np.zeros(96, np.float32)
+    bias[80:] = -np.inf
+    k[:, 80:] *= 1e3  # padding keys that would dominate any row that saw them
+    got = attend_keys_in_chunks(*(mindspore.Tensor(a) for a in (q, k, v, bias)), [(0, 40), (40, 56)]).asnumpy()
+    want = attend_in_chunks(*(mindspore.Tensor(a[:, :80]) for a in (q, k, v)), [(0, 80)]).asnumpy()
+    np.testing.assert_allclose(got[:, :80], want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+def test_a_compiled_tower_equals_pynative_and_several_images_stay_in_pynative(towers, monkeypatch):
+    """One image padded to its bucket, as one graph (qwen2_vl_tower_graph): within the graphs' bound
+    of PyNative, compiled once for its bucket and the larger ones; two images attend apart, in PyNative."""
+    from mindnlp.accel.graphs import JIT_ENV
+    from mindnlp.accel.models import qwen2_vl_tower_graph
+
+    _, ours = towers
+    ours = ours.to(mindspore.float32)
+    monkeypatch.setenv(qwen2_vl_tower_graph.BUCKETS.env, "256,512")
+    for grid in (GRIDS["one image"], [[1, 10, 12]], GRIDS["two images"]):
+        monkeypatch.setenv(JIT_ENV, "0")
+        ours.__dict__.pop("_compiled_towers", None)
+        want = run(ours, grid, mindspore.float32)
+        monkeypatch.setenv(JIT_ENV, "1")
+        ours.__dict__.pop("_compiled_towers", None)
+        ours.__dict__.pop("_accel_buckets_compiled", None)
+        first, again = run(ours, grid, mindspore.float32), run(ours, grid, mindspore.float32)
+        graphs = qwen2_vl_tower_graph.compiled_towers(ours)
+        np.testing.assert_array_equal(first, want)  # the first call is PyNative's, after the check
+        if len(grid) == 1:
+            assert graphs.verdict == "adopted" and graphs.compiles == (2 if np.prod(grid) <= 256 else 1)
+            np.testing.assert_allclose(again, want, rtol=0, atol=1e-5 * np.abs(want).max())
+        else:
+            assert graphs.compiles == 0
+            np.testing.assert_array_equal(again, want)

@@ -17,6 +17,7 @@ time here) that says nothing about the device, where a prompt's 576 rows make th
 compute-bound alike for stock and ours.
 """
 import functools
+import math
 
 import mindspore
 from mindspore import Tensor
@@ -24,8 +25,8 @@ from mindnlp.core import nn, ops
 from mindnlp.core.nn import functional as F
 
 from .. import device
-from .attention import AttentionMask, attention_eager
-from .primitives import batch_matmul, divide, narrow, softmax_last
+from .attention import attention_eager
+from .primitives import batch_matmul, broadcast_to, divide, narrow, softmax_last
 
 FUSED_ATOL = 2e-2
 FUSED_RTOL = 2e-2
@@ -47,15 +48,34 @@ def query_chunks(queries: int, keys: int, heads: int, dtype) -> list:
     return [(start, stop - start) for start, stop in zip(starts, starts[1:] + [queries])]
 
 
-def attend_in_chunks(q, k, v, chunks, additive=None):
+def attend_in_chunks(q, k, v, chunks):
     """q [heads, S, D], k/v [heads, T, D] -> [heads, S, D]: the decoder's eager attention (stock's
-    arithmetic) over each chunk of query rows in turn; additive [S, T] (0 or the dtype's min) masks
-    the scores, None masks nothing. Row by row what one call computes."""
+    arithmetic, every key visible) over each chunk of query rows in turn. Row by row what one call
+    computes."""
     outs = []
     for start, rows in chunks:
         part = narrow(q, 1, start, rows) if len(chunks) > 1 else q
-        mask = None if additive is None else AttentionMask(narrow(additive, 0, start, rows).unsqueeze(0).unsqueeze(0), None)
-        outs.append(attention_eager(part.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), mask).squeeze(0))
+        outs.append(attention_eager(part.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), None).squeeze(0))
+    return outs[0] if len(outs) == 1 else ops.cat(outs, dim=1)
+
+
+def attend_keys_in_chunks(q, k, v, key_bias, chunks):
+    """attend_in_chunks with keys hidden by key_bias [T] (0 for a visible key, -inf for a hidden one),
+    carried as one more channel of q (ones) and k (the bias), so that the masking is in the score's own
+    dot product: q . k + 1 * bias, divided by sqrt(D) of the real channels. No elementwise kernel
+    broadcasts a mask (on the CPU backend a compiled graph keeps such a kernel's workspace, about four
+    times its output; over a tower's scores that ran out of memory). The longer dot product may round
+    the visible scores otherwise than attend_in_chunks: it serves compiled towers, checked against it."""
+    heads, keys, dim = k.shape
+    bias = broadcast_to(key_bias.to(k.dtype).reshape(1, keys, 1), (heads, keys, 1))
+    k = ops.cat([k, bias], dim=-1)
+    outs = []
+    for start, rows in chunks:
+        part = narrow(q, 1, start, rows) if len(chunks) > 1 else q
+        part = ops.cat([part, ops.ones((heads, rows, 1), q.dtype)], dim=-1)
+        scores = divide(batch_matmul(part, k.swapaxes(1, 2)), math.sqrt(dim))
+        probs = softmax_last(scores, mindspore.float32).to(q.dtype)
+        outs.append(batch_matmul(probs, v))
     return outs[0] if len(outs) == 1 else ops.cat(outs, dim=1)
 
 
@@ -97,19 +117,26 @@ def _divisor_tensor(divisor: float, dtype) -> Tensor:
 def vision_attention_eager(qkv, divisor: float):
     """qkv [3, B, H, N, D] (q, k, v) -> [B, H, N, D]: stock's scaled_dot_product_attention without a
     mask, q and k divided in one launch."""
+    qk = narrow(qkv, 0, 0, 2)
     if device.pyboost():
-        qk = qkv[:2] / _divisor_tensor(divisor, qkv.dtype)  # stock divides by a 0-d tensor on this path
+        qk = qk / _divisor_tensor(divisor, qkv.dtype)  # stock divides by a 0-d tensor on this path
     else:
-        qk = divide(qkv[:2], divisor)
-    probs = softmax_last(batch_matmul(qk[0], qk[1].swapaxes(-2, -1)))
-    return batch_matmul(probs, qkv[2])
+        qk = divide(qk, divisor)
+    q, k, v = _first(qk), _first(narrow(qk, 0, 1, 1)), _first(narrow(qkv, 0, 2, 1))
+    probs = softmax_last(batch_matmul(q, k.swapaxes(-2, -1)))
+    return batch_matmul(probs, v)
 
 
 def vision_attention_fused(qkv, divisor: float):
     """Ascend FlashAttentionScore over q and k pre-scaled as stock scales them, BNSD, no mask."""
-    qk = qkv[:2] / _divisor_tensor(divisor, qkv.dtype)
-    return mindspore.ops.flash_attention_score(qk[0], qk[1], qkv[2], qkv.shape[2], scalar_value=1.0,
-                                               input_layout="BNSD")
+    qk = narrow(qkv, 0, 0, 2) / _divisor_tensor(divisor, qkv.dtype)
+    return mindspore.ops.flash_attention_score(_first(qk), _first(narrow(qk, 0, 1, 1)), _first(narrow(qkv, 0, 2, 1)),
+                                               qkv.shape[2], scalar_value=1.0, input_layout="BNSD")
+
+
+def _first(x):
+    """x[0] (a view in PyNative, as indexing is; a recorded op while a graph is traced)."""
+    return narrow(x, 0, 0, 1).squeeze(0)
 
 
 def choose_vision_attention(heads: int, dim: int, dtype):

@@ -7,10 +7,12 @@ install_vlm rebinds, in modeling_vlm's namespace, the names its model_name_to_cl
 CLIPVisionTower and MlpProjector become builders that make ours (janus_vision) for the
 configurations ours implements and stock's otherwise (the reason logged once); MlpProjector also
 builds the generation half's gen_aligner (an mlp_gelu too, the same arithmetic); and it replaces
-MultiModalityCausalLM.prepare_inputs_embeds by a merge without prints, nonzero or host reads.
-The language model is ours already: janus takes LlamaForCausalLM from mindnlp.transformers.
-install_processor makes VLChatProcessor's special-id properties read the tokenizer's vocabulary
-once instead of rebuilding it (a dict of the whole vocabulary, for a fast tokenizer) per access.
+MultiModalityCausalLM.prepare_inputs_embeds by a merge without prints, nonzero or host reads (the
+tower and the aligner one graph where graphs are on: janus_vision.image_embeddings). The language
+model is ours already: janus takes LlamaForCausalLM from mindnlp.transformers. install_processor
+makes VLChatProcessor's special-id properties read the tokenizer's vocabulary once instead of
+rebuilding it (a dict of the whole vocabulary, for a fast tokenizer) per access, and its call build
+its outputs on the host (janus_processor).
 """
 import functools
 import logging
@@ -21,7 +23,7 @@ from mindnlp.core import ops
 from ..layers.primitives import take_rows
 from ..loading import hf_state_dict, load_with_slots
 from ..registry import enabled
-from . import janus_vision
+from . import janus_processor, janus_vision
 
 logger = logging.getLogger(__name__)
 _logged = set()
@@ -127,13 +129,20 @@ SPECIAL_ID_PROPERTIES = {"image_id": "image_tag", "image_start_id": "image_start
 
 
 def install_processor(namespace: dict) -> None:
-    """Wire janus.models.processing_vlm (its module globals): VLChatProcessor's special ids cached."""
+    """Wire janus.models.processing_vlm (its module globals): VLChatProcessor's special ids cached, its
+    call on the host."""
     if not enabled() or namespace.get("_accel_installed"):
         return
     namespace["_accel_installed"] = True
     processor_class = namespace["VLChatProcessor"]
     for name, tag_attribute in SPECIAL_ID_PROPERTIES.items():
         setattr(processor_class, name, property(functools.partial(special_id, tag_attribute=tag_attribute)))
+    stock_call = processor_class.__call__
+
+    def call(processor, **kwargs):
+        return janus_processor.call_on_host(processor, stock_call, **kwargs)
+
+    processor_class.__call__ = call
 
 
 def special_id(processor, tag_attribute: str):

@@ -1,13 +1,14 @@
 """Qwen2-VL's vision tower as one graph per bucket of patches, used once it agreed with PyNative.
 
-A graph is specialised to its shapes and an image's patch count varies, so the patches are padded
-with zeros to the smallest bucket that holds them (graphs.buckets: the first image compiles its
-bucket and every larger one), the padding forms an image of its own under the block-diagonal mask
-of VisionTower.forward_masked, and its merged rows are dropped. Masked keys add exact zeros, but
-rows of another length may sum in another order than PyNative's per-image attention, so a bucket's
-graph serves only after it agreed with PyNative on the first images it got, within
+A graph is specialised to its shapes and an image's patch count varies, so one image's patches are
+padded with zeros to the smallest bucket that holds them (graphs.buckets: the first image compiles
+its bucket and every larger one), the image's patches never see the padding's (a key bias of -inf,
+VisionTower.forward_masked), and the padding's merged rows are dropped. Hidden keys add exact zeros,
+but rows of another length may sum in another order than PyNative's attention, so a bucket's graph
+serves only after it agreed with PyNative on the first image it got, within
 graphs.trust.values_disagree's bound; a disagreement keeps that bucket in PyNative, with one warning
-(scope "graph"). More patches than the largest bucket run in PyNative, with one info line.
+(scope "graph"). Several images (or a video's frames) attend apart: they run in PyNative, as do more
+patches than the largest bucket (with one info line).
 MINDNLP_ACCEL_TOWER_BUCKETS overrides the buckets (comma-separated patch counts, multiples of 4).
 """
 import logging
@@ -42,7 +43,7 @@ def run(tower, pixel_values, grid: np.ndarray):
     graphs = compiled_towers(tower)
     patches = pixel_values.shape[0]
     bucket = BUCKETS.fitting(patches)
-    if not graphs.usable or bucket is None:
+    if not graphs.usable or bucket is None or len(frame_spans(grid)) != 1:
         if graphs.usable:
             logger.info("mindnlp.accel: %d patches are more than the largest vision tower bucket (%d): the tower "
                         "runs in PyNative", patches, BUCKETS.largest())
@@ -62,12 +63,11 @@ def _run_bucket(tower, graphs, bucket: int, pixel_values, grid: np.ndarray):
         padded = ops.cat([pixel_values, ops.zeros((bucket - patches, width), pixel_values.dtype)])
     order = np.zeros((bucket, 2), np.int32)
     order[:patches] = patch_order(grid, tower.spatial_merge_size)
-    segments = np.full(bucket, -1, np.int32)  # the padding: an image of its own
-    for index, (start, stop) in enumerate(frame_spans(grid)):
-        segments[start:stop] = index
+    key_bias = np.zeros(bucket, np.float32)
+    key_bias[patches:] = -np.inf
     rows = patches // tower.spatial_merge_size ** 2
     entry = graphs.entry(tower, (bucket, pixel_values.dtype), tower.forward_masked, f"{bucket} patches")
-    return graphs.run(entry, (padded, mindspore.Tensor(order), mindspore.Tensor(segments)),
+    return graphs.run(entry, (padded, mindspore.Tensor(order), mindspore.Tensor(key_bias)),
                       lambda: tower.forward_spans(pixel_values, grid),
                       lambda got, want: values_disagree(got, want, "image rows"),
                       lambda out: narrow(out, 0, 0, rows))

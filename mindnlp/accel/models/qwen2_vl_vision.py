@@ -28,7 +28,7 @@ from .. import device
 from ..layers.primitives import narrow, take_rows
 from ..layers.rotary import RotaryTables, apply_rotary_composite, inverse_frequencies, make_tables
 from ..layers.vision import (FUSED_ATOL, FUSED_RTOL, AttentionProjections, VisionBlock, attend_in_chunks,
-                             chunking_exact, query_chunks)
+                             attend_keys_in_chunks, chunking_exact, query_chunks)
 from . import qwen2_vl_tower_graph as tower_graph
 from .qwen2_vl_positions import frame_spans, host_array, patch_order
 
@@ -47,10 +47,10 @@ class RotaryVisionAttention(AttentionProjections):
         if dtype not in self._chunking:
             self._chunking[dtype] = chunking_exact(dtype, self.num_heads, self.head_dim)
 
-    def forward(self, x, rope: RotaryTables, spans, additive=None):
+    def forward(self, x, rope: RotaryTables, spans, key_bias=None):
         """x [S, dim], rope fp32 tables [1, S, ...] (`VisionTower.rotary_tables`), spans: host (start,
-        stop) of each image's patches, each attending over its own; or, with `additive` [S, S] (0 or the
-        dtype's min, a padded bucket's block-diagonal mask), every patch over all under the mask."""
+        stop) of each image's patches, each attending over its own; or, with `key_bias` [S] (0 for an
+        image's patch, -inf for padding: one image padded to a bucket), every patch over the image's."""
         tokens = x.shape[0]
         heads, dim = self.num_heads, self.head_dim
         qkv = self.qkv(x).reshape(1, tokens, 3 * heads, dim)
@@ -59,8 +59,8 @@ class RotaryVisionAttention(AttentionProjections):
         qk = qk.reshape(tokens, 2 * heads, dim).swapaxes(0, 1)  # [2 heads, S, D]
         q, k = narrow(qk, 0, 0, heads), narrow(qk, 0, heads, heads)
         v = narrow(qkv, 2, 2 * heads, heads).reshape(tokens, heads, dim).swapaxes(0, 1)
-        if additive is not None:
-            out = attend_in_chunks(q, k, v, query_chunks(tokens, tokens, heads, x.dtype), additive)
+        if key_bias is not None:
+            out = attend_keys_in_chunks(q, k, v, key_bias, query_chunks(tokens, tokens, heads, x.dtype))
         else:
             out = ops.cat([self._attend_span(narrow(q, 1, a, b - a), narrow(k, 1, a, b - a), narrow(v, 1, a, b - a))
                            for a, b in spans], dim=1) if len(spans) > 1 else self._attend_span(q, k, v)
@@ -155,15 +155,13 @@ class VisionTower(nn.Module):
             hidden = block(hidden, rope, spans)
         return self.merger(hidden)
 
-    def forward_masked(self, pixel_values, order, segments):
-        """The tower over patches padded to a bucket (tower_graph): `order` int32 [S, 2] their (row,
-        column), `segments` int32 [S] their image's index (the padding one of its own); a patch attends
-        over its image's under an [S, S] mask. Every shape is the bucket's: a graph per bucket."""
+    def forward_masked(self, pixel_values, order, key_bias):
+        """The tower over one image's patches padded to a bucket (tower_graph): `order` int32 [S, 2] their
+        (row, column), `key_bias` [S] 0 for the image's patches and -inf for the padding, which no image
+        patch then sees. Every shape is the bucket's: a graph per bucket."""
         tokens = pixel_values.shape[0]
         hidden = self.patch_embed(pixel_values)
         rope = self.rotary_tables(order, tokens // 2)  # no side is longer than half the patches (2 x 2 windows)
-        apart = ops.not_equal(segments.reshape(tokens, 1), segments.reshape(1, tokens))
-        additive = ops.masked_fill(ops.zeros((tokens, tokens), hidden.dtype), apart, float(ops.finfo(hidden.dtype).min))
         for block in self.blocks:
-            hidden = block(hidden, rope, None, additive)
+            hidden = block(hidden, rope, None, key_bias)
         return self.merger(hidden)
