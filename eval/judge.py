@@ -440,6 +440,14 @@ def _prompt_length(inputs):
     return int(inputs[key].shape[1])
 
 
+def _image_tokens(model, inputs):
+    """How many of the prompt's positions are image tokens (Qwen2-VL's image_token_id), else None."""
+    token = getattr(model.config, "image_token_id", None)
+    if token is None or "input_ids" not in inputs:
+        return None
+    return int((inputs["input_ids"].asnumpy() == token).sum())
+
+
 def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=True, compiles=None):
     """Run the judge's protocol on an already-loaded model; returns per-prompt results and timings.
 
@@ -478,6 +486,7 @@ def run_family(family, model, processor, max_new_tokens=50, images=None, warmup=
             prompts.append({
                 "name": name,
                 "prompt_tokens": _prompt_length(inputs),
+                "image_tokens": _image_tokens(model, inputs),
                 "new_tokens": len(ids),
                 "ids": ids,
                 "text": getattr(processor, "tokenizer", processor).decode(ids, skip_special_tokens=True),

@@ -20,6 +20,7 @@ A result is a dict:
     model               str    the real model the fixture stands for
     top                 dict   {"ops": [(name, per token)], "syncs": [(site, per token)]} (Counts.top)
     pass_check          str    summary of the greedy-output check, e.g. "3/3 prompts match stock"
+    prompt_lengths      str    the timed prompts' lengths in positions, e.g. "cat 1023 (999 image), man 351 (324 image)"
     predicted_prefill_s float  cost-model prediction of the Ascend prefill
     predicted_decode_s  float  cost-model prediction of the Ascend decode token
     ascend_prefill_ops  float  launches of the prefill on the Ascend path (ours, ascend_mode: each fused
@@ -119,6 +120,9 @@ def _family_table(variants):
         cells = [fmt.format(v) if v is not None else "—" for v in (a, b)]
         ratio = "" if key in CONDITIONS else _ratio(a, b)
         lines.append(f"| {label} | {cells[0]} | {cells[1]} | {ratio} |")
+    lengths = [(r or {}).get("prompt_lengths") for r in (stock, ours)]
+    if any(lengths):
+        lines.append(f"| prompt lengths (positions) | {lengths[0] or '—'} | {lengths[1] or '—'} | |")
     sources = {r["memory_source"] for r in (stock, ours) if r}
     lines.append(f"| memory source | {' / '.join(sorted(sources))} | | |")
     for name, result in (("stock", stock), ("ours", ours)):

@@ -314,6 +314,12 @@ def compile_notes(family, ours):
     return notes
 
 
+def prompt_length(prompt):
+    """A prompt's length as the report gives it, e.g. "cat 1023 (999 image)"."""
+    image = prompt.get("image_tokens")
+    return f"{prompt['name']} {prompt['prompt_tokens']}" + (f" ({image} image)" if image else "")
+
+
 def report_row(result, checks=None):
     counts = result["counts"] or {}  # None where the run was not counted (on a device)
     pool = result["memory"].get("pool") or {}
@@ -324,7 +330,8 @@ def report_row(result, checks=None):
            "prefill_ops": counts.get("prefill_ops"), "prefill_syncs": counts.get("prefill_syncs"),
            "decode_ops": counts.get("decode_ops"), "decode_syncs": counts.get("decode_syncs"),
            "cpu_steal_pct": None if result.get("cpu_steal_share") is None else 100 * result["cpu_steal_share"],
-           "top": counts.get("top_decode") or counts.get("top_prefill")}
+           "top": counts.get("top_decode") or counts.get("top_prefill"),
+           "prompt_lengths": ", ".join(prompt_length(p) for p in result.get("prompts", []))}
     row.update(prefill_graph_calls=counts.get("prefill_graph_calls"), decode_graph_calls=counts.get("decode_graph_calls"))
     if result.get("ascend_counts"):
         ascend = result["ascend_counts"]

@@ -33,7 +33,8 @@ def test_writes_report_and_charts_with_the_given_numbers(tmp_path):
         _result("qwen2_moe", "stock", 1.0, pass_check="3/3 prompts match",
                 top={"ops": [("NonZero", 120.0)], "syncs": [("modeling_qwen2_moe.py:461", 120.0)]}),
         _result("qwen2_moe", "ours", 0.25, pass_check="3/3 prompts match",
-                predicted_prefill_s=0.5, predicted_decode_s=0.08, cpu_steal_pct=12.5),
+                predicted_prefill_s=0.5, predicted_decode_s=0.08, cpu_steal_pct=12.5,
+                prompt_lengths="cat 1023 (999 image), man 351 (324 image)"),
     ]
     path = report.write_report(results, str(tmp_path), dispatch="PyNative, launch_blocking", machine="test box")
     assert path == os.path.join(str(tmp_path), "report.md")
@@ -50,6 +51,7 @@ def test_writes_report_and_charts_with_the_given_numbers(tmp_path):
     assert rows["Ascend decode (s/token), prediction"] == ["—", "0.08", "—"]
     assert rows["host CPU steal during the run (%)"] == ["—", "12.5", ""]
     assert rows["pass check, ours"][0] == "3/3 prompts match"
+    assert rows["prompt lengths (positions)"] == ["—", "cat 1023 (999 image), man 351 (324 image)", ""]
     assert "test box" in text and "PyNative, launch_blocking" in text
     assert "`NonZero` 120" in text
     for filename, *_ in report.CHARTS:

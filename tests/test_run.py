@@ -122,3 +122,12 @@ def test_concurrent_test_sh_runs_each_evaluate_a_tree_of_their_own():
         _, err = proc.communicate(timeout=600)
         assert proc.returncode != 0 and "unknown families ['bogus']" in err, err
     assert set(glob.glob(os.path.join(ROOT, ".build", "eval-tree*"))) == before
+
+
+def test_prompt_lengths_name_the_image_tokens_where_there_are_some():
+    sys.path.insert(0, os.path.join(ROOT, "eval"))
+    import run as run_module
+
+    assert run_module.prompt_length({"name": "cat", "prompt_tokens": 1023, "image_tokens": 999}) == "cat 1023 (999 image)"
+    assert run_module.prompt_length({"name": "hello", "prompt_tokens": 25, "image_tokens": None}) == "hello 25"
+
