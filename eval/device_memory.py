@@ -9,7 +9,7 @@ given in GiB and in the judge's GB (10^9 bytes). Terms, bf16 unless said:
 * weights: every parameter (costmodel.RealModel.total_params);
 * KV cache: stock's DynamicCache holds the longest prompt and its new tokens, and concatenates one
   step onto a copy, so twice that at its peak; ours is static, of the length its first allocation
-  gets (OURS_CACHE_LENGTH: the largest prefill bucket and the decode reserve, rounded);
+  gets (the model's largest prefill bucket and the decode reserve, rounded up to the cache step);
 * transients, the largest one alive at a time:
   - a vision tower's attention: stock [heads, S, S] scores, their fp32 softmax and the probabilities
     (and Qwen2-VL's [S, S] mask); ours the same over at most a query chunk's budget (Qwen2-VL; plus
@@ -18,7 +18,8 @@ given in GiB and in the judge's GB (10^9 bytes). Terms, bf16 unless said:
     over the prompt's bucket (the largest bucket, for the warm-up's compiles);
   - the LM head: stock's Qwen2-VL over every prompt position, in bf16 and again as fp32 (.float());
     the others and ours one row;
-  - the MoE: ours' dense twin runs every expert over the prompt's bucket (E x tokens x (2I + I + H));
+  - the MoE: ours' dense twin runs every expert over the prompt's bucket (E x tokens x (2I + I + H)),
+    the MoE models' buckets ending at OURS_MOE_LARGEST_BUCKET;
     stock loops over the experts with only their tokens.
 Left out: activations of a few rows per layer, workspaces, and what a compiled graph may keep (on
 this CPU each graph keeps its broadcasting kernels' workspaces; on a device that is not known).
@@ -30,9 +31,12 @@ from costmodel import BF16_BYTES, real_model
 
 GIB = 1 << 30
 FP32 = 4
-# generation.prefill_graph.BUCKETS and generation.loop (tests/test_device_memory.py checks them)
+# generation.prefill_graph.BUCKETS, layers.moe.PREFILL_BUCKET_LIMIT and generation.loop
+# (tests/test_device_memory.py checks them)
 OURS_LARGEST_BUCKET = 1024
-OURS_CACHE_LENGTH = 1280
+OURS_MOE_LARGEST_BUCKET = 256
+OURS_DECODE_RESERVE = 256
+OURS_CACHE_STEP = 256
 # layers.vision.SCORES_BUDGET_BYTES
 OURS_SCORES_BUDGET = 256 << 20
 
@@ -58,6 +62,11 @@ WORKLOADS = {
 }
 
 
+def ours_cache_length(largest_bucket: int) -> int:
+    """Positions of ours' first static cache: the largest bucket and the decode reserve, rounded up."""
+    return -(-(largest_bucket + OURS_DECODE_RESERVE) // OURS_CACHE_STEP) * OURS_CACHE_STEP
+
+
 def attention_bytes(heads: int, queries: int, keys: int, mask: bool = False) -> int:
     """Scores and probabilities in bf16 and the fp32 softmax between them, and an optional bf16 mask."""
     return heads * queries * keys * (2 * BF16_BYTES + FP32) + (queries * keys * BF16_BYTES if mask else 0)
@@ -74,8 +83,8 @@ def predict(name: str, variant: str) -> dict:
         cache = 2 * per_position * (work.prompt + work.new_tokens)
         lm_tokens = work.prompt
     elif variant == "ours":
-        cache = per_position * OURS_CACHE_LENGTH
-        lm_tokens = OURS_LARGEST_BUCKET
+        lm_tokens = OURS_MOE_LARGEST_BUCKET if model.experts else OURS_LARGEST_BUCKET
+        cache = per_position * ours_cache_length(lm_tokens)
     else:
         raise ValueError(f"variant must be 'stock' or 'ours', got {variant!r}")
     transients = {"language model attention": attention_bytes(model.heads, lm_tokens, lm_tokens)}

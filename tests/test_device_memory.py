@@ -9,12 +9,20 @@ import score
 
 def test_the_prediction_uses_the_shipped_sizes():
     from mindnlp.accel.generation import loop, prefill_graph
-    from mindnlp.accel.layers import vision
+    from mindnlp.accel.layers import moe, vision
 
     assert device_memory.OURS_LARGEST_BUCKET == prefill_graph.BUCKETS.largest()
-    step = loop.COMPILED_CACHE_LENGTH_STEP
-    assert device_memory.OURS_CACHE_LENGTH == -(-(prefill_graph.BUCKETS.largest() + loop.DECODE_RESERVE) // step) * step
+    assert device_memory.OURS_MOE_LARGEST_BUCKET == prefill_graph.BUCKETS.largest(moe.PREFILL_BUCKET_LIMIT)
+    assert device_memory.OURS_DECODE_RESERVE == loop.DECODE_RESERVE
+    assert device_memory.OURS_CACHE_STEP == loop.COMPILED_CACHE_LENGTH_STEP
+    assert device_memory.ours_cache_length(1024) == 1280 and device_memory.ours_cache_length(300) == 768
     assert device_memory.OURS_SCORES_BUDGET == vision.SCORES_BUDGET_BYTES
+
+
+def test_the_moe_pair_stays_within_stocks_gib_step():
+    for name in ("qwen2_moe", "deepseek"):
+        stock, ours = (device_memory.predict(name, variant) for variant in ("stock", "ours"))
+        assert ours["gib"] <= stock["gib"], (name, stock, ours)
 
 
 def test_stock_qwen2_vl_holds_the_towers_scores_and_ours_a_chunk_of_them():

@@ -7,6 +7,7 @@ step's largest |logit|: the decode step attends over the whole cache under a mas
 reads the filled prefix, the prefill runs the prompt right-padded to its bucket, and the longer
 reductions may sum in another order. Every bucket compiles on the first prompt, none later.
 """
+import contextlib
 import logging
 
 import numpy as np
@@ -106,22 +107,45 @@ class Messages(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+@contextlib.contextmanager
+def said_at_info():
+    """The Messages of the "mindnlp.accel" logger at INFO within the block."""
+    logger, said = logging.getLogger("mindnlp.accel"), Messages()
+    level = logger.level
+    logger.addHandler(said)
+    logger.setLevel(logging.INFO)
+    try:
+        yield said
+    finally:
+        logger.removeHandler(said)
+        logger.setLevel(level)
+
+
 def test_a_prompt_longer_than_every_bucket_prefills_in_pynative_with_an_info_line(tiny, monkeypatch):
     long_prompt = list(range(5, 25))  # 20 positions, over the largest bucket (16)
     expected = generate(tiny, monkeypatch, False, long_prompt)
     fresh_graphs(tiny)
-    logger, said, level = logging.getLogger("mindnlp.accel"), Messages(), logging.getLogger("mindnlp.accel").level
-    logger.addHandler(said)
-    logger.setLevel(logging.INFO)
-    try:
+    with said_at_info() as said:
         got = generate(tiny, monkeypatch, True, long_prompt)
-    finally:
-        logger.removeHandler(said)
-        logger.setLevel(level)
     assert_same_generation(expected, got, COMPILED_RTOL)
     np.testing.assert_array_equal(got.logits[0].asnumpy(), expected.logits[0].asnumpy())  # PyNative's prefill
     assert compiled_prefill(tiny).compiles == 0
     assert sum("longer than the largest prefill bucket" in line for line in said.lines) == 1
+
+
+def test_the_models_bucket_limit_keeps_longer_prompts_in_pynative_and_larger_buckets_uncompiled(tiny, monkeypatch):
+    monkeypatch.setattr(tiny, "greedy_prefill_bucket_limit", 8)
+    short, long_prompt = PROMPTS  # buckets 8 and 16; 16 is over the limit
+    expected = [generate(tiny, monkeypatch, False, prompt) for prompt in (long_prompt, short)]
+    fresh_graphs(tiny)
+    with said_at_info() as said:
+        got_long = generate(tiny, monkeypatch, True, long_prompt)
+    assert compiled_prefill(tiny).compiles == 0
+    assert sum("longer than the largest prefill bucket" in line for line in said.lines) == 1
+    got_short = generate(tiny, monkeypatch, True, short)
+    assert compiled_prefill(tiny).compiles == 1  # bucket 8 alone, though it is this cache's first graph
+    for want, got in zip(expected, (got_long, got_short)):
+        assert_same_generation(want, got, COMPILED_RTOL)
 
 
 def test_a_prefill_is_a_few_host_dispatches_in_the_counts(tiny, monkeypatch):

@@ -67,6 +67,8 @@ class GreedyGenerationMixin(StockLoopAdapters):
 
     greedy_eos_check_every = 4
     greedy_prefill_inputs = ()
+    # The longest prompt a prefill graph takes (None: the largest bucket); it also bounds the first cache.
+    greedy_prefill_bucket_limit = None
 
     @no_grad()
     def generate(

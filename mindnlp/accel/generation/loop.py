@@ -14,7 +14,7 @@ from .prefill_graph import compiled_prefill, largest_bucket, prefill
 from .step import decode_step, first_state
 
 # While graphs may be used, cache lengths are rounded up to this (else to causal_lm's 256), and the
-# first cache holds the largest prefill bucket and DECODE_RESERVE positions after it: each cache is
+# first cache holds the model's largest prefill bucket and DECODE_RESERVE positions after it: each cache is
 # a set of graphs of its own, so the judge's prompts (the longest about a thousand positions, plus
 # 50 new tokens) must share the one its warm-up compiled. Masked slots cost a longer attention.
 COMPILED_CACHE_LENGTH_STEP = 256
@@ -31,7 +31,7 @@ def greedy_decode(model, plan, eos_check_every):
     compiled = compiled_decode(model)
     needed = prompt_length + plan.steps - 1
     if compiled.usable or compiled_prefill(model).usable:
-        floor = min(largest_bucket() + DECODE_RESERVE, model.config.max_position_embeddings)
+        floor = min((largest_bucket(model) or 0) + DECODE_RESERVE, model.config.max_position_embeddings)
         cache = model.allocate_cache(batch_size, max(needed, floor), COMPILED_CACHE_LENGTH_STEP)
     else:
         cache = model.allocate_cache(batch_size, needed)

@@ -12,7 +12,8 @@ one the cache holds are compiled and checked, each on that prompt padded to it; 
 the first prompt that needs it; other batch sizes each bucket so. In each protocol the judge runs,
 the warm-up takes every compile. Each graph holds memory: on the CPU backend it keeps the
 workspaces of its broadcasting kernels (about 650 MB for bucket 1024 on the qwen2_moe topology). A
-prompt longer than the largest bucket runs in PyNative, with one info line.
+prompt longer than the largest bucket runs in PyNative, with one info line; so does one longer than
+the model's greedy_prefill_bucket_limit (the MoE models': layers.moe.PREFILL_BUCKET_LIMIT).
 
 Trust. A bucket's graph serves only after it agreed with PyNative, whose exact-length prefill is
 stock's arithmetic and gives that first prompt its result: argmax and state equal and softmax
@@ -45,8 +46,10 @@ BUCKETS_ENV = BUCKETS.env
 logger = logging.getLogger("mindnlp.accel")
 
 
-def largest_bucket() -> int:
-    return BUCKETS.largest()
+def largest_bucket(model, cache=None) -> int:
+    """The largest bucket `model` compiles (its greedy_prefill_bucket_limit), within `cache` if given."""
+    limits = [limit for limit in (model.greedy_prefill_bucket_limit, cache and cache.max_len) if limit]
+    return BUCKETS.largest(min(limits) if limits else None)
 
 
 def compiled_prefill(model) -> GraphSet:
@@ -62,14 +65,15 @@ def prefill(model, cache, inputs: dict, state: DecodeState, constants, length: i
     `host`, its ids and positions on the host): by its bucket's graph where that is trusted, else in
     PyNative (module docstring)."""
     graphs = compiled_prefill(model)
-    bucket = BUCKETS.fitting(length, cache.max_len)
+    largest = largest_bucket(model, cache)
+    bucket = BUCKETS.fitting(length, largest) if largest else None
     if not graphs.usable or bucket is None or set(inputs) - {"input_ids", "inputs_embeds"}:
         if graphs.usable and bucket is None:
             logger.info("mindnlp.accel: a prompt of %d positions is longer than the largest prefill bucket that "
-                        "fits the cache (%s): prefill in PyNative", length, BUCKETS.largest(cache.max_len))
+                        "fits the cache and the model (%s): prefill in PyNative", length, largest)
         return decode_step(model, cache, inputs, state, constants, length)
     if _batch(inputs) == 1:
-        for larger in BUCKETS.first_compiles(cache, length, cache.max_len):
+        for larger in BUCKETS.first_compiles(cache, length, largest):
             _run_bucket(model, graphs, cache, larger, inputs, state, host, constants, length)
     return _run_bucket(model, graphs, cache, bucket, inputs, state, host, constants, length)
 

@@ -28,6 +28,11 @@ _CHECK_TOL = {mindspore.bfloat16: 2e-2, mindspore.float16: 2e-3, mindspore.float
 # (a 337-token prompt, top-6) take 10.6 ms gathered against 16.5 ms dense, 21 tokens 1.2 against
 # 5.6 ms; at real widths a row copies megabytes and the budget keeps the dense twin.
 GATHER_BUDGET_BYTES = 64 << 20
+# The longest prompt a MoE model's prefill graphs take. Its dense twin runs every expert on every
+# position of the bucket, and the static cache holds the largest bucket: at 1024 the MoE pair's
+# predicted device memory (eval/device_memory.py) stands a GiB above stock's, at 256 within stock's
+# GiB, while the judge's prompts are under 200 tokens. A longer prompt prefills in PyNative.
+PREFILL_BUCKET_LIMIT = 256
 
 
 def combine_in_expert_order(weighted, order, running_sum: bool = False):

@@ -8,7 +8,7 @@ activation dtype; the shared experts as one ungated MLP, added after; the first
 `first_k_dense_replace` layers (and those off `moe_layer_freq`) dense; logits cast to fp32.
 """
 from ..layers.decoder import DecoderConfig
-from ..layers.moe import SparseMoe
+from ..layers.moe import PREFILL_BUCKET_LIMIT, SparseMoe
 from ..layers.moe_router import RouterConfig
 from .causal_lm import DecoderForCausalLM
 from .deepseek_base import config_and_base
@@ -37,6 +37,7 @@ class DeepseekForCausalLM(DecoderForCausalLM, DeepseekPreTrainedModel):
     """Drop-in for stock's DeepseekForCausalLM in inference (and deepseek's model where mindnlp has none)."""
 
     config_class = DeepseekConfig
+    greedy_prefill_bucket_limit = PREFILL_BUCKET_LIMIT
 
     @classmethod
     def decoder_config(cls, config):

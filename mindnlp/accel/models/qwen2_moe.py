@@ -9,7 +9,7 @@ from mindnlp.transformers.modeling_outputs import MoeCausalLMOutputWithPast
 from mindnlp.transformers.models.qwen2_moe.modeling_qwen2_moe import Qwen2MoePreTrainedModel
 
 from ..layers.decoder import DecoderConfig
-from ..layers.moe import SparseMoe
+from ..layers.moe import PREFILL_BUCKET_LIMIT, SparseMoe
 from ..layers.moe_router import RouterConfig
 from .causal_lm import DecoderForCausalLM
 
@@ -34,6 +34,7 @@ class Qwen2MoeForCausalLM(DecoderForCausalLM, Qwen2MoePreTrainedModel):
     """Drop-in for stock's Qwen2MoeForCausalLM in inference."""
 
     output_class = MoeCausalLMOutputWithPast
+    greedy_prefill_bucket_limit = PREFILL_BUCKET_LIMIT
 
     @classmethod
     def decoder_config(cls, config):
