@@ -9,6 +9,7 @@ reductions may sum in another order. Every bucket compiles on the first prompt, 
 """
 import contextlib
 import logging
+import warnings
 
 import numpy as np
 import pytest
@@ -73,6 +74,37 @@ def test_graphs_equal_pynative_across_prompts_and_compile_on_the_first_call_only
     # every bucket on the first prompt (the second prompt's, 16, before the first's own); none later
     assert compiles_after_first == prefill.compiles == 2
     assert decode.compiles == 1
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "qwen2_vl"])
+def test_a_first_prompt_one_bucket_longer_than_the_next_leaves_it_no_compile(family, monkeypatch):
+    model = load(family, "tiny")
+    long_prompt, short = PROMPTS[1], PROMPTS[0]  # buckets 16 and 8
+    expected = [generate(model, monkeypatch, False, prompt) for prompt in (long_prompt, short)]
+    fresh_graphs(model)
+    got = [generate(model, monkeypatch, True, long_prompt)]
+    assert compiled_prefill(model).compiles == 2  # its own bucket, and the one below on a prefix of 5 positions
+    got.append(generate(model, monkeypatch, True, short))
+    assert compiled_prefill(model).compiles == 2 and compiled_prefill(model).verdict == "adopted"
+    for want, have in zip(expected, got):
+        assert_same_generation(want, have, COMPILED_RTOL)
+
+
+def test_the_bucket_below_runs_on_a_prefix_of_embeddings_too(monkeypatch):
+    model = load("llama", "tiny")
+    embeds = [model.get_input_embeddings()(ids_of(prompt)) for prompt in (PROMPTS[1], PROMPTS[0])]
+    monkeypatch.setenv(BUCKETS_ENV, BUCKETS)
+    calls = []
+    for jit in (False, True):
+        monkeypatch.setenv(JIT_ENV, "1" if jit else "0")
+        fresh_graphs(model)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a bucket refused would warn
+            calls.append([model.generate(inputs_embeds=e, max_new_tokens=6, **GREEDY) for e in embeds])
+        if jit:
+            assert compiled_prefill(model).compiles == 2 and compiled_prefill(model).verdict == "adopted"
+    for want, got in zip(*calls):
+        assert_same_generation(want, got, COMPILED_RTOL)
 
 
 def test_a_padded_batch_and_a_repetition_penalty_compile_their_own_graphs(monkeypatch):

@@ -182,3 +182,22 @@ def test_a_traced_graph_replays_by_its_phase_with_the_traced_values_replaced():
     np.testing.assert_array_equal(first[0].asnumpy(), np.full((2, 3), 3.0))
     np.testing.assert_array_equal(second[0].asnumpy(), np.full((2, 3), 7.0))
     assert float(second[1].asnumpy()) == 12.0
+
+
+def test_an_owners_first_input_compiles_the_larger_buckets_then_the_one_below(monkeypatch):
+    from mindnlp.accel.graphs.buckets import Buckets
+
+    class Owner:
+        pass
+
+    buckets = Buckets("MINDNLP_TEST_BUCKETS", (8, 16, 32, 64))
+    monkeypatch.delenv("MINDNLP_TEST_BUCKETS", raising=False)
+    assert buckets.first_compiles(Owner(), 20, below=True) == [64, 16]
+    assert buckets.first_compiles(Owner(), 10, largest=32) == [32]
+    assert buckets.first_compiles(Owner(), 5, below=True) == [64, 32, 16]  # nothing below 8
+    assert buckets.first_compiles(Owner(), 65) == []  # longer than every bucket
+    owner = Owner()
+    buckets.first_compiles(owner, 20)
+    assert buckets.first_compiles(owner, 3, below=True) == []  # only on the first input
+    assert buckets.below(32) == 16 and buckets.below(8) == 0
+

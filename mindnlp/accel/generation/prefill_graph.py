@@ -8,9 +8,10 @@ last position, taken by a tensor index. A trace is specialised to its shapes (mi
 each bucket is a graph of its own, on the KV cache it writes.
 
 When (graphs.buckets). On the first prompt of batch 1 a cache serves, its bucket and every larger
-one the cache holds are compiled and checked, each on that prompt padded to it; a smaller bucket on
-the first prompt that needs it; other batch sizes each bucket so. In each protocol the judge runs,
-the warm-up takes every compile. Each graph holds memory: on the CPU backend it keeps the
+one the cache holds are compiled and checked, each on that prompt padded to it, and the bucket
+below, on a prefix of the prompt halfway into it (a warm-up a little longer than the prompts, as
+Janus's may be: about 630 positions each); another smaller bucket on the first prompt that needs it;
+other batch sizes each bucket so. In each protocol the judge runs, the warm-up takes every compile. Each graph holds memory: on the CPU backend it keeps the
 workspaces of its broadcasting kernels (about 650 MB for bucket 1024 on the qwen2_moe topology). A
 prompt longer than the largest bucket runs in PyNative, with one info line; so does one longer than
 the model's greedy_prefill_bucket_limit (the MoE models': layers.moe.PREFILL_BUCKET_LIMIT).
@@ -33,7 +34,7 @@ from mindspore import ops
 from ..graphs import GraphSet
 from ..graphs.buckets import Buckets
 from ..graphs.trust import values_disagree
-from ..layers.primitives import take_rows
+from ..layers.primitives import narrow, take_rows
 from .step import DecodeState, PromptOnHost, cache_positions, decode_step
 from .step_graph import disagreement, flatten, step_function, unpacker
 
@@ -73,8 +74,12 @@ def prefill(model, cache, inputs: dict, state: DecodeState, constants, length: i
                         "fits the cache and the model (%s): prefill in PyNative", length, largest)
         return decode_step(model, cache, inputs, state, constants, length)
     if _batch(inputs) == 1:
-        for larger in BUCKETS.first_compiles(cache, length, largest):
-            _run_bucket(model, graphs, cache, larger, inputs, state, host, constants, length)
+        for other in BUCKETS.first_compiles(cache, length, largest, below=True):
+            if other >= length:
+                _run_bucket(model, graphs, cache, other, inputs, state, host, constants, length)
+            else:
+                shorter = (BUCKETS.below(other) + other) // 2 + 1
+                _run_bucket(model, graphs, cache, other, *_prefix(inputs, state, host, shorter), constants, shorter)
     return _run_bucket(model, graphs, cache, bucket, inputs, state, host, constants, length)
 
 
@@ -101,6 +106,17 @@ def _run_bucket(model, graphs, cache, bucket, inputs, state, host, constants, le
 
 def _batch(inputs) -> int:
     return next(iter(inputs.values())).shape[0]
+
+
+def _prefix(inputs, state: DecodeState, host: PromptOnHost, length: int):
+    """(inputs, state, host) of the prompt's first `length` positions: a prompt of its own, which
+    causality gives the same results there."""
+    ids, positions = host.ids[:, :length], host.positions[..., :length]
+    inputs = {name: mindspore.Tensor(ids) if name == "input_ids" else narrow(value, 1, 0, length)
+              for name, value in inputs.items()}
+    state = state._replace(cache_position=cache_positions(0, length),
+                           position_ids=mindspore.Tensor(positions.astype(np.int32)))
+    return inputs, state, PromptOnHost(ids, positions)
 
 
 def _padded(inputs, state: DecodeState, host: PromptOnHost, length: int, bucket: int):

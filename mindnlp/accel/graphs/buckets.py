@@ -1,7 +1,8 @@
 """Bucketed lengths for traced graphs, which are specialised to their shapes (mindspore_trace): an input
 of n positions is padded to the smallest bucket that holds it, and an owner's first input also
-compiles every larger bucket, so that later, longer inputs find theirs ready; a smaller bucket is
-compiled by the first input that needs it. A warm-up no longer than the work it prepares for thus
+compiles every larger bucket, so that later, longer inputs find theirs ready, and where its user can
+run a prefix of the input, the next smaller one; a smaller bucket is compiled by the first input
+that needs it. A warm-up no longer than the work it prepares for, or a bucket longer at most, thus
 takes every compile, and no graph is made that no input can use (each holds memory)."""
 import os
 from typing import List, Optional, Sequence
@@ -33,11 +34,20 @@ class Buckets:
         fits = [b for b in self.lengths() if limit is None or b <= limit]
         return fits[-1] if fits else None
 
-    def first_compiles(self, owner, length: int, largest: Optional[int] = None) -> List[int]:
-        """On `owner`'s first input (of `length`), the buckets above its own to compile first,
-        largest first; [] afterwards."""
+    def below(self, bucket: int) -> int:
+        """The bucket under `bucket`, or 0."""
+        return max((b for b in self.lengths() if b < bucket), default=0)
+
+    def first_compiles(self, owner, length: int, largest: Optional[int] = None, below: bool = False) -> List[int]:
+        """On `owner`'s first input (of `length`), the buckets besides its own to compile first: every
+        larger one, largest first, and with `below` the next smaller one, which the caller runs on a
+        prefix of the input (a warm-up a little longer than the work then leaves it no compile);
+        [] afterwards."""
         if owner.__dict__.get("_accel_buckets_compiled", {}).get(self.env):
             return []
         owner.__dict__.setdefault("_accel_buckets_compiled", {})[self.env] = True
         own = self.fitting(length, largest)
-        return [b for b in reversed(self.lengths()) if own is not None and own < b and (largest is None or b <= largest)]
+        if own is None:
+            return []
+        larger = [b for b in reversed(self.lengths()) if own < b and (largest is None or b <= largest)]
+        return larger + ([self.below(own)] if below and self.below(own) else [])
