@@ -44,7 +44,7 @@ def run(tower, pixel_values, grid: np.ndarray):
     patches = pixel_values.shape[0]
     bucket = BUCKETS.fitting(patches)
     if not graphs.usable or bucket is None or len(frame_spans(grid)) != 1:
-        if graphs.usable:
+        if graphs.usable and bucket is None:
             logger.info("mindnlp.accel: %d patches are more than the largest vision tower bucket (%d): the tower "
                         "runs in PyNative", patches, BUCKETS.largest())
         return tower.forward_spans(pixel_values, grid)
