@@ -11,8 +11,9 @@ When (graphs.buckets). On the first prompt of batch 1 a cache serves, its bucket
 one the cache holds are compiled and checked, each on that prompt padded to it, and the bucket
 below, on a prefix of the prompt halfway into it (a warm-up a little longer than the prompts, as
 Janus's may be: about 630 positions each); another smaller bucket on the first prompt that needs it;
-other batch sizes each bucket so. In each protocol the judge runs, the warm-up takes every compile. Each graph holds memory: on the CPU backend it keeps the
-workspaces of its broadcasting kernels (about 650 MB for bucket 1024 on the qwen2_moe topology). A
+other batch sizes each bucket so. In each protocol the judge runs, the warm-up takes every compile.
+Each graph holds memory: on the CPU backend it keeps the workspaces of its broadcasting kernels
+(about 650 MB for bucket 1024 on the qwen2_moe topology). A
 prompt longer than the largest bucket runs in PyNative, with one info line; so does one longer than
 the model's greedy_prefill_bucket_limit (the MoE models': layers.moe.PREFILL_BUCKET_LIMIT).
 

@@ -50,4 +50,5 @@ class Buckets:
         if own is None:
             return []
         larger = [b for b in reversed(self.lengths()) if own < b and (largest is None or b <= largest)]
-        return larger + ([self.below(own)] if below and self.below(own) else [])
+        smaller = self.below(own) if below else 0
+        return larger + ([smaller] if smaller else [])
